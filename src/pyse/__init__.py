@@ -1,0 +1,28 @@
+"""pyse: ServerEngine for Python.
+
+A framework for robust multi-process servers: supervisor -> server ->
+workers, heartbeats over pipes, automatic restarts, timed TERM -> QUIT ->
+KILL escalation, live restart, configuration reload and log rotation, and no
+orphaned workers when a parent dies.
+
+    import pyse
+
+    class MyWorker:
+        def initialize(self):
+            self.flag = pyse.BlockingFlag()
+        def run(self):
+            while not self.flag.wait_for_set(1.0):
+                self.logger.info("Awesome work!")
+        def stop(self):
+            self.flag.set()
+
+    pyse.create(None, MyWorker, {"worker_type": "process", "workers": 4}).run()
+"""
+from pyse.blocking_flag import BlockingFlag
+from pyse.config import ConfigError
+from pyse.daemon import Daemon, create
+from pyse.server import Server
+from pyse.worker import Worker
+
+__all__ = ["BlockingFlag", "ConfigError", "Daemon", "Server", "Worker", "create"]
+__version__ = "0.1.0"

@@ -1,0 +1,156 @@
+"""``worker_type: "process"``: one forked process per worker, watched by the
+C loop through a heartbeat pipe, stopped through the kill escalation.
+
+fd ownership is the point of most of this file.  The server holds, per
+worker, the read end of its heartbeat pipe (owned by the C loop) and, for
+all workers, the write end of one lifeline pipe that it never writes to.  A
+worker holds the write end of its heartbeat pipe and the read end of the
+lifeline.  When the server dies, for any reason, the kernel closes its
+lifeline end and every worker sees the hangup at once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Optional
+
+from pyse import lowlevel, worker_process
+from pyse.lowlevel import Event, EventKind, KillConfig
+from pyse.multi_worker_server import MultiWorkerServer, SlotState, WorkerSlot
+from pyse.signals import (RELOAD, SERVER_SIGNALS, describe_wait_status, signal_name)
+
+
+class ProcessServer(MultiWorkerServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.loop: Optional[lowlevel.Loop] = None
+        self.kill_config = KillConfig()
+        self._lifeline: Optional[tuple[int, int]] = None
+        #: fds of this process that no worker may inherit (set by whoever
+        #: started this server, e.g. a supervisor's lifeline).
+        self.private_fds: list[int] = []
+        self._by_pid: dict[int, WorkerSlot] = {}
+        super().__init__(*args, **kwargs)
+        self.kill_config = KillConfig.from_config(self.config, "worker_")
+
+    # -- the loop ----------------------------------------------------------
+    def open_loop(self) -> lowlevel.Loop:
+        loop = lowlevel.Loop(reap_any=True)
+        loop.own_signals(SERVER_SIGNALS)
+        loop.watch_python_signals()
+        self._lifeline = os.pipe()
+        return loop
+
+    def close_loop(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+            self.loop = None
+        if self._lifeline is not None:
+            for fd in self._lifeline:
+                os.close(fd)
+            self._lifeline = None
+
+    def run(self) -> None:
+        self.loop = self.open_loop()
+        try:
+            while True:
+                next_start = self.manage_workers(self.loop_now())
+                if self.alive_or_pending() == 0:
+                    break
+                for event in self.loop.wait(next_start):
+                    self.dispatch_event(event)
+        finally:
+            self.close_loop()
+
+    def loop_now(self) -> float:
+        return lowlevel.now()
+
+    def dispatch_event(self, event: Event) -> None:
+        if event.kind is EventKind.SIGNAL:
+            self.dispatch_signal(event.status)
+            return
+        slot = self._by_pid.get(event.pid)
+        if event.kind is EventKind.EXITED:
+            if slot is not None:
+                del self._by_pid[event.pid]
+                status = event.status
+                self.worker_exited(slot, describe_wait_status(status),
+                                   os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                                   lowlevel.now())
+            return
+        if slot is None:
+            return
+        wid = slot.worker_id
+        if event.kind is EventKind.HEARTBEAT_TIMEOUT:
+            self.logger.warning("Worker %d (pid %d): no heartbeat for %g s, stopping it immediately",
+                                wid, event.pid, self.kill_config.heartbeat_timeout)
+        elif event.kind is EventKind.GRACEFUL_TIMEOUT:
+            self.logger.warning("Worker %d (pid %d): still alive %g s after a graceful stop, "
+                                "stopping it immediately", wid, event.pid,
+                                self.kill_config.graceful_timeout)
+        elif event.kind is EventKind.KILL:
+            if event.err:
+                self.logger.debug("Worker %d (pid %d): sending %s failed: %s", wid, event.pid,
+                                  signal_name(event.status), os.strerror(event.err))
+            else:
+                self.logger.debug("Worker %d (pid %d): sent %s", wid, event.pid,
+                                  signal_name(event.status))
+        elif event.kind is EventKind.CLOSED:
+            self.logger.debug("Worker %d (pid %d) closed its heartbeat pipe", wid, event.pid)
+
+    # -- workers -------------------------------------------------------------
+    def start_worker(self, slot: WorkerSlot, now: float) -> None:
+        assert self.loop is not None and self._lifeline is not None
+        worker = self.create_worker(slot.worker_id)
+        worker.before_fork()
+        heartbeat_r, heartbeat_w = os.pipe()
+        lifeline_r, lifeline_w = self._lifeline
+        server_pid = os.getpid()
+        # Block the signals the loop owns across the fork: until the child has
+        # dropped the parent's handlers, a signal sent to it would land in the
+        # parent's self-pipe and look like a signal to the server.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            os.close(heartbeat_r)
+            os.close(heartbeat_w)
+            raise
+        if pid == 0:  # the worker process; never returns
+            worker_process.main(
+                worker, loop=self.loop, server_pid=server_pid,
+                heartbeat_fd=heartbeat_w, lifeline_fd=lifeline_r,
+                close_fds=[heartbeat_r, lifeline_w, *self.private_fds],
+                restore_mask=blocked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(heartbeat_w)
+        self.loop.add_child(pid, heartbeat_r, self.kill_config, now)
+        slot.worker = worker
+        slot.handle = pid
+        self._by_pid[pid] = slot
+        self.logger.info("Worker %d started (pid %d)", slot.worker_id, pid)
+        worker.after_start()
+
+    def send_stop(self, slot: WorkerSlot, graceful: bool, now: float) -> None:
+        if self.loop is not None and slot.handle is not None:
+            self.loop.stop_child(slot.handle, immediate=not graceful, now=now)
+
+    def send_reload(self, slot: WorkerSlot) -> None:
+        if slot.handle is None:
+            return
+        try:
+            os.kill(slot.handle, RELOAD)
+        except ProcessLookupError:
+            pass  # it exited; its EXITED event is on the way
+
+    def apply_config(self, config: dict) -> None:
+        super().apply_config(config)
+        self.kill_config = KillConfig.from_config(config, "worker_")
+        if self.loop is not None:
+            for pid in self._by_pid:
+                self.loop.set_child_config(pid, self.kill_config)
+
+    def worker_pids(self) -> dict[int, int]:
+        """worker id -> pid of the workers alive now."""
+        return {s.worker_id: s.handle for s in self.slots
+                if s.state in (SlotState.RUNNING, SlotState.STOPPING) and s.handle}

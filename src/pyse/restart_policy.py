@@ -1,0 +1,73 @@
+"""When a worker slot may start: pure functions of the configuration and now.
+
+Two rules decide, and both are ours to test with a fake clock:
+
+- the start delay (ServerEngine's ``start_worker_delay``): starts are spaced
+  by ``delay + r*delay*rand - delay*rand/2`` (r uniform in [0, 1)) counted
+  from the previous start of any slot;
+- the crash-loop backoff (beyond ServerEngine): a slot whose worker keeps
+  dying waits ``base * 2**(failures-1)`` seconds, capped at ``maximum``,
+  before its next start; a worker that lived ``reset`` seconds clears the
+  count.  ``base == 0`` turns the backoff off.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def start_spacing(delay: float, rand_ratio: float, r: float) -> float:
+    """The gap to keep after the previous start, for a random draw r."""
+    if delay <= 0:
+        return 0.0
+    return delay + r * delay * rand_ratio - delay * rand_ratio / 2
+
+
+def backoff_delay(failures: int, base: float, maximum: float) -> float:
+    """The wait before restarting a slot that has failed `failures` times."""
+    if base <= 0 or failures <= 0:
+        return 0.0
+    # 2**failures overflows a float long before it matters: cap the exponent.
+    return min(base * 2.0 ** min(failures - 1, 64), maximum)
+
+
+def failures_after_exit(failures: int, lived: float, reset: float, stop_requested: bool) -> int:
+    """The slot's failure count once its worker has exited after `lived`
+    seconds.  An exit pyse asked for is no failure; a long life clears it."""
+    if stop_requested:
+        return 0
+    if lived >= reset:
+        return 1
+    return failures + 1
+
+
+@dataclass(frozen=True)
+class StartTiming:
+    delay: float = 0.0
+    rand_ratio: float = 0.2
+    backoff_base: float = 0.0
+    backoff_max: float = 30.0
+    backoff_reset: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> "StartTiming":
+        return cls(
+            delay=float(config.get("start_worker_delay", 0.0) or 0.0),
+            rand_ratio=float(config.get("start_worker_delay_rand", 0.2)),
+            backoff_base=float(config.get("restart_backoff_base", 0.0) or 0.0),
+            backoff_max=float(config.get("restart_backoff_max", 30.0)),
+            backoff_reset=float(config.get("restart_backoff_reset", 60.0)),
+        )
+
+
+def earliest_start(timing: StartTiming, last_start: float | None, r: float,
+                   died_at: float | None, failures: int) -> float:
+    """The earliest time a waiting slot may start (compare it with now).
+
+    last_start: the previous start of any slot (None: none yet);
+    died_at/failures: when this slot's worker exited and its failure count."""
+    t = 0.0
+    if last_start is not None:
+        t = last_start + start_spacing(timing.delay, timing.rand_ratio, r)
+    if died_at is not None:
+        t = max(t, died_at + backoff_delay(failures, timing.backoff_base, timing.backoff_max))
+    return t

@@ -1,0 +1,154 @@
+"""The server process's base class: configuration, the logger, and what the
+server does on each signal.  One subclass per worker type runs the workers.
+
+User code may override ``reload_config()``, ``stop(stop_graceful)`` and
+``restart(stop_graceful)`` and call ``super()``, and define the hooks
+``initialize()``, ``before_run()``, ``after_run()`` and ``after_start()``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable, Mapping, Optional, Union
+
+from pyse import config as config_mod
+from pyse.signals import SERVER_ACTIONS, signal_name
+from pyse.worker import Worker
+
+ConfigSource = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
+
+
+class Server:
+    """Base of every server; see the worker-type subclasses."""
+
+    def __init__(self, worker_class: type, config_source: ConfigSource,
+                 config: dict, log_setup: Any) -> None:
+        self._worker_class = worker_class
+        self._config_source = config_source
+        self.config: dict = config
+        self._log_setup = log_setup
+        self.logger: logging.Logger = log_setup.logger
+        self._stop = False
+        self.stop_status: Optional[int] = None
+        self.initialize()
+
+    # -- user hooks --------------------------------------------------------
+    def initialize(self) -> None:
+        pass
+
+    def before_run(self) -> None:
+        pass
+
+    def after_run(self) -> None:
+        pass
+
+    def after_start(self) -> None:
+        pass
+
+    # -- overridable, call super() ------------------------------------------
+    def stop(self, stop_graceful: bool) -> None:
+        self.logger.info("Received %s stop", "graceful" if stop_graceful else "immediate")
+        self._stop = True
+
+    def restart(self, stop_graceful: bool) -> None:
+        self.logger.info("Received %s restart", "graceful" if stop_graceful else "immediate")
+        self.reload_config()
+        self.reopen_log()
+
+    def reload(self) -> None:
+        self.logger.info("Received reload")
+        self.reload_config()
+        self.reopen_log()
+
+    def dump(self) -> None:
+        if not self.config.get("disable_sigdump"):
+            from pyse import sigdump
+
+            path = sigdump.dump()
+            self.logger.info("Wrote sigdump to %s", path)
+
+    def reload_config(self) -> None:
+        """Loads the configuration again (a callable source is called again).
+
+        A source that raises or returns a bad configuration changes nothing:
+        the running configuration stays and the reason is logged."""
+        try:
+            new = config_mod.load(self._config_source)
+        except config_mod.ConfigError as e:
+            self.logger.error("Reload failed, keeping the running configuration: %s", e)
+            return
+        for key, likely in config_mod.near_misses(new):
+            self.logger.warning("Unknown config key %r: did you mean %r?", key, likely)
+        for key in config_mod.restart_only_changes(self.config, new):
+            self.logger.warning("Config key %r changed: it needs a restart to take effect", key)
+        try:
+            self._log_setup.apply_config(new)
+        except OSError as e:
+            self.logger.error("Reload: cannot open the new log destination, keeping the old one: %s", e)
+            new = dict(new, log=self.config.get("log"))
+        self.config = new
+        self.apply_config(new)
+
+    def apply_config(self, config: dict) -> None:
+        """Subclasses put reloaded keys into effect here."""
+
+    # -- the rest ------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def reopen_log(self) -> None:
+        try:
+            self._log_setup.reopen()
+        except OSError as e:
+            self.logger.error("Could not reopen the log: %s", e)
+
+    def create_worker(self, worker_id: int) -> Worker:
+        return self._worker_class(self, worker_id)
+
+    def dispatch_signal(self, signo: int) -> None:
+        """Acts on a signal through ``handle_<action>`` (see pyse.signals)."""
+        action = SERVER_ACTIONS.get(signo)  # type: ignore[call-overload]
+        if action is None:
+            self.logger.debug("Ignoring %s", signal_name(signo))
+            return
+        getattr(self, "handle_" + action)()
+
+    def handle_graceful_stop(self) -> None:
+        self.stop(True)
+
+    def handle_immediate_stop(self) -> None:
+        self.stop(False)
+
+    def handle_graceful_restart(self) -> None:
+        self.restart(True)
+
+    def handle_immediate_restart(self) -> None:
+        self.restart(False)
+
+    def handle_reload(self) -> None:
+        self.reload()
+
+    def handle_detach(self) -> None:
+        # Without a supervisor there is nothing to detach from: INT stops.
+        self.stop(True)
+
+    def handle_dump(self) -> None:
+        self.dump()
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def main(self) -> int:
+        """before_run, run, after_run; returns the exit status."""
+        self.before_run()
+        try:
+            self.run()
+        finally:
+            self.after_run()
+        return self.stop_status or 0
+
+
+def log_uncaught(logger: logging.Logger, what: str) -> None:
+    """Logs the exception being handled, for code that must not die of it."""
+    logger.error("%s raised an exception", what, exc_info=sys.exc_info())

@@ -1,0 +1,217 @@
+"""The worker process: what runs between os.fork() and os._exit().
+
+Three threads at most:
+
+- the main thread runs the user's ``run()``, as ServerEngine does, so user
+  code may install its own signal handlers;
+- the control thread waits in the C loop (without the GIL) for signals,
+  the lifeline's hangup and the next heartbeat, and writes the heartbeats.
+  It needs the GIL to write, so a worker stuck holding the GIL stops beating
+  and the server's heartbeat timeout catches it;
+- the hook thread runs ``stop()``, ``reload()`` and ``dump()`` one at a time,
+  so a slow hook never delays a heartbeat or the orphan deadline.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+from pyse import lowlevel
+from pyse.lowlevel import EventKind
+from pyse.signals import (GRACEFUL_STOP, IMMEDIATE_RESTART, IMMEDIATE_STOP, WORKER_ACTIONS,
+                          WORKER_SIGNALS, signal_name)
+
+EXIT_RUN_RAISED = 1
+EXIT_ORPHANED = 1
+
+
+def main(worker: Any, *, loop: Optional[lowlevel.Loop], server_pid: int, heartbeat_fd: int,
+         lifeline_fd: int, close_fds: Iterable[int], restore_mask: Iterable[int]) -> None:
+    """Runs the worker in a freshly forked child and exits; never returns."""
+    code = EXIT_RUN_RAISED
+    try:
+        if loop is not None:
+            loop.abandon_in_child(close_fds)
+        else:
+            lowlevel.child_after_fork(close_fds)
+        code = WorkerProcess(worker, server_pid, heartbeat_fd, lifeline_fd,
+                             set(restore_mask)).main()
+    except BaseException:
+        try:
+            worker.logger.exception("Worker %d failed", worker.worker_id)
+        except BaseException:
+            pass
+    finally:
+        flush_everything(worker)
+        os._exit(code)
+
+
+def flush_everything(worker: Any) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    close = getattr(getattr(worker.server, "_log_setup", None), "close", None)
+    if close is not None:
+        try:
+            close()
+        except OSError:
+            pass
+
+
+class WorkerProcess:
+    def __init__(self, worker: Any, server_pid: int, heartbeat_fd: int, lifeline_fd: int,
+                 restore_mask: set) -> None:
+        self.worker = worker
+        self.logger = worker.logger
+        self.config = worker.config
+        self.server_pid = server_pid
+        self.heartbeat_fd = heartbeat_fd
+        self.lifeline_fd = lifeline_fd
+        self.restore_mask = restore_mask
+        self.interval = float(self.config.get("worker_heartbeat_interval", 1.0))
+        self.orphan_timeout = float(self.config.get("worker_orphan_timeout", 10.0))
+        self.hooks: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
+        self.loop: Optional[lowlevel.Loop] = None
+        self.orphaned_at: Optional[float] = None
+
+    # -- setup ---------------------------------------------------------------
+    def main(self) -> int:
+        wid = self.worker.worker_id
+        self.set_process_name()
+        setup = getattr(self.worker.server, "_log_setup", None)
+        if setup is not None and hasattr(setup, "after_fork_child"):
+            setup.after_fork_child()
+        self.drop_privileges()
+        # The server may already be gone (it died between fork and here): then
+        # PR_SET_PDEATHSIG would never fire, and the lifeline says so anyway.
+        parent_gone = lowlevel.set_parent_death_signal(GRACEFUL_STOP, self.server_pid)
+
+        loop = self.loop = lowlevel.Loop(reap_any=False)
+        loop.own_signals(WORKER_SIGNALS)
+        loop.set_lifeline_fd(self.lifeline_fd)
+        # QUIT and HUP kill a worker: that is what "immediate" means.  Make sure
+        # an inherited SIG_IGN (nohup) does not change that.
+        for signo in (IMMEDIATE_STOP, IMMEDIATE_RESTART):
+            signal.signal(signo, signal.SIG_DFL)
+        threading.Thread(target=self.run_hooks, name="pyse-hooks", daemon=True).start()
+        threading.Thread(target=self.control, name="pyse-control", daemon=True).start()
+        # Signals sent before now waited, blocked, for the handlers above.
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.restore_mask)
+        if parent_gone:
+            self.parent_gone()
+        try:
+            self.worker.run()
+        except Exception:
+            self.logger.exception("Worker %d: run() raised", wid)
+            return EXIT_RUN_RAISED
+        return 0
+
+    def set_process_name(self) -> None:
+        fmt = self.config.get("worker_process_name")
+        if fmt:
+            import setproctitle
+
+            setproctitle.setproctitle(fmt % (self.worker.worker_id,))
+
+    def drop_privileges(self) -> None:
+        user, group, umask = (self.config.get("worker_chuser"), self.config.get("worker_chgroup"),
+                              self.config.get("worker_chumask"))
+        if user is None and group is None and umask is None:
+            return
+        from pyse import privilege
+
+        privilege.change(user, group, umask)
+
+    # -- the control thread --------------------------------------------------
+    def control(self) -> None:
+        assert self.loop is not None
+        next_beat = lowlevel.now()
+        try:
+            while True:
+                deadline = next_beat
+                if self.orphaned_at is not None:
+                    deadline = min(deadline, self.orphaned_at + self.orphan_timeout)
+                for event in self.loop.wait(deadline):
+                    if event.kind is EventKind.SIGNAL:
+                        self.queue_signal(event.status)
+                    elif event.kind is EventKind.PARENT_GONE:
+                        self.parent_gone()
+                now = lowlevel.now()
+                if self.orphaned_at is not None and now >= self.orphaned_at + self.orphan_timeout:
+                    self.logger.error("Worker %d: run() did not return within %g s of the "
+                                      "server's death; exiting", self.worker.worker_id,
+                                      self.orphan_timeout)
+                    flush_everything(self.worker)
+                    os._exit(EXIT_ORPHANED)
+                if now >= next_beat:
+                    self.beat()
+                    next_beat = now + self.interval
+        except BaseException:
+            self.logger.exception("Worker %d: control thread failed; exiting",
+                                  self.worker.worker_id)
+            flush_everything(self.worker)
+            os._exit(EXIT_RUN_RAISED)
+
+    def beat(self) -> None:
+        if self.heartbeat_fd < 0:
+            return
+        try:
+            os.write(self.heartbeat_fd, b".")
+        except BlockingIOError:
+            pass  # the server is behind on reading; the pipe is proof enough
+        except BrokenPipeError:
+            os.close(self.heartbeat_fd)
+            self.heartbeat_fd = -1
+            self.parent_gone()
+
+    def parent_gone(self) -> None:
+        if self.orphaned_at is not None:
+            return
+        self.orphaned_at = lowlevel.now()
+        self.logger.warning("Worker %d: the server (pid %d) is gone; stopping",
+                            self.worker.worker_id, self.server_pid)
+        self.hooks.put(self.worker.stop)
+
+    def queue_signal(self, signo: int) -> None:
+        action = WORKER_ACTIONS.get(signo)  # type: ignore[call-overload]
+        if action is None:
+            return
+        self.logger.debug("Worker %d received %s", self.worker.worker_id, signal_name(signo))
+        getattr(self, "handle_" + action)()
+
+    def handle_stop(self) -> None:
+        self.hooks.put(self.worker.stop)
+
+    def handle_reload(self) -> None:
+        self.hooks.put(self.reload)
+
+    def handle_dump(self) -> None:
+        self.hooks.put(self.worker.dump)
+
+    def reload(self) -> None:
+        setup = getattr(self.worker.server, "_log_setup", None)
+        if setup is not None:
+            try:
+                setup.reopen()
+            except OSError as e:
+                self.logger.error("Worker %d: could not reopen the log: %s",
+                                  self.worker.worker_id, e)
+        self.worker.reload()
+
+    # -- the hook thread -----------------------------------------------------
+    def run_hooks(self) -> None:
+        while True:
+            hook = self.hooks.get()
+            if hook is None:
+                return
+            try:
+                hook()
+            except Exception:
+                self.logger.exception("Worker %d: %s() raised", self.worker.worker_id,
+                                      getattr(hook, "__name__", "hook"))
