@@ -51,22 +51,31 @@ class ProcessServer(MultiWorkerServer):
 
     def run(self) -> None:
         self.loop = self.open_loop()
+        link = self.parent_link
+        if link is not None:
+            self.loop.set_lifeline_fd(link.lifeline_fd)
         try:
             while True:
-                next_start = self.manage_workers(self.loop_now())
+                now = lowlevel.now()
+                deadline = self.manage_workers(now)
                 if self.alive_or_pending() == 0:
                     break
-                for event in self.loop.wait(next_start):
+                if link is not None and link.gone_at is None:
+                    # The server has no spare thread (it forks): its loop beats.
+                    if not link.beat_if_due(now):
+                        self.parent_gone(now)
+                    deadline = link.next_beat if deadline is None else min(deadline, link.next_beat)
+                for event in self.loop.wait(deadline):
                     self.dispatch_event(event)
         finally:
             self.close_loop()
 
-    def loop_now(self) -> float:
-        return lowlevel.now()
-
     def dispatch_event(self, event: Event) -> None:
         if event.kind is EventKind.SIGNAL:
             self.dispatch_signal(event.status)
+            return
+        if event.kind is EventKind.PARENT_GONE:
+            self.parent_gone(lowlevel.now())
             return
         slot = self._by_pid.get(event.pid)
         if event.kind is EventKind.EXITED:
@@ -120,7 +129,8 @@ class ProcessServer(MultiWorkerServer):
             worker_process.main(
                 worker, loop=self.loop, server_pid=server_pid,
                 heartbeat_fd=heartbeat_w, lifeline_fd=lifeline_r,
-                close_fds=[heartbeat_r, lifeline_w, *self.private_fds],
+                close_fds=[heartbeat_r, lifeline_w, *self.private_fds,
+                           *(self.parent_link.fds() if self.parent_link else ())],
                 restore_mask=blocked)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(heartbeat_w)

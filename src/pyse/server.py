@@ -12,6 +12,7 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Union
 
 from pyse import config as config_mod
+from pyse.parent_link import ParentLink
 from pyse.signals import SERVER_ACTIONS, signal_name
 from pyse.worker import Worker
 
@@ -30,6 +31,8 @@ class Server:
         self.logger: logging.Logger = log_setup.logger
         self._stop = False
         self.stop_status: Optional[int] = None
+        #: the heartbeat/lifeline toward a supervisor, when there is one
+        self.parent_link: Optional[ParentLink] = None
         self.initialize()
 
     # -- user hooks --------------------------------------------------------
@@ -135,6 +138,14 @@ class Server:
 
     def handle_dump(self) -> None:
         self.dump()
+
+    def parent_gone(self, now: float) -> None:
+        """The supervisor died: stop gracefully (a new supervisor, if any,
+        starts a new server; two servers must not share the workers' work)."""
+        link = self.parent_link
+        if link is not None and link.mark_gone(now):
+            self.logger.warning("The supervisor (pid %d) is gone; stopping", link.parent_pid)
+            self.stop(True)
 
     def run(self) -> None:
         raise NotImplementedError

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from pyse import lowlevel
 from pyse.lowlevel import EventKind
+from pyse.parent_link import ParentLink
 from pyse.signals import (GRACEFUL_STOP, IMMEDIATE_RESTART, IMMEDIATE_STOP, WORKER_ACTIONS,
                           WORKER_SIGNALS, signal_name)
 
@@ -38,8 +39,9 @@ def main(worker: Any, *, loop: Optional[lowlevel.Loop], server_pid: int, heartbe
             loop.abandon_in_child(close_fds)
         else:
             lowlevel.child_after_fork(close_fds)
-        code = WorkerProcess(worker, server_pid, heartbeat_fd, lifeline_fd,
-                             set(restore_mask)).main()
+        interval = float(worker.config.get("worker_heartbeat_interval", 1.0))
+        link = ParentLink(server_pid, heartbeat_fd, lifeline_fd, interval)
+        code = WorkerProcess(worker, link, set(restore_mask)).main()
     except BaseException:
         try:
             worker.logger.exception("Worker %d failed", worker.worker_id)
@@ -65,20 +67,15 @@ def flush_everything(worker: Any) -> None:
 
 
 class WorkerProcess:
-    def __init__(self, worker: Any, server_pid: int, heartbeat_fd: int, lifeline_fd: int,
-                 restore_mask: set) -> None:
+    def __init__(self, worker: Any, link: ParentLink, restore_mask: set) -> None:
         self.worker = worker
         self.logger = worker.logger
         self.config = worker.config
-        self.server_pid = server_pid
-        self.heartbeat_fd = heartbeat_fd
-        self.lifeline_fd = lifeline_fd
+        self.link = link
         self.restore_mask = restore_mask
-        self.interval = float(self.config.get("worker_heartbeat_interval", 1.0))
         self.orphan_timeout = float(self.config.get("worker_orphan_timeout", 10.0))
         self.hooks: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
         self.loop: Optional[lowlevel.Loop] = None
-        self.orphaned_at: Optional[float] = None
 
     # -- setup ---------------------------------------------------------------
     def main(self) -> int:
@@ -90,11 +87,11 @@ class WorkerProcess:
         self.drop_privileges()
         # The server may already be gone (it died between fork and here): then
         # PR_SET_PDEATHSIG would never fire, and the lifeline says so anyway.
-        parent_gone = lowlevel.set_parent_death_signal(GRACEFUL_STOP, self.server_pid)
+        parent_gone = lowlevel.set_parent_death_signal(GRACEFUL_STOP, self.link.parent_pid)
 
         loop = self.loop = lowlevel.Loop(reap_any=False)
         loop.own_signals(WORKER_SIGNALS)
-        loop.set_lifeline_fd(self.lifeline_fd)
+        loop.set_lifeline_fd(self.link.lifeline_fd)
         # QUIT and HUP kill a worker: that is what "immediate" means.  Make sure
         # an inherited SIG_IGN (nohup) does not change that.
         for signo in (IMMEDIATE_STOP, IMMEDIATE_RESTART):
@@ -131,51 +128,37 @@ class WorkerProcess:
     # -- the control thread --------------------------------------------------
     def control(self) -> None:
         assert self.loop is not None
-        next_beat = lowlevel.now()
+        link = self.link
         try:
             while True:
-                deadline = next_beat
-                if self.orphaned_at is not None:
-                    deadline = min(deadline, self.orphaned_at + self.orphan_timeout)
+                deadline = link.next_beat
+                if link.gone_at is not None:
+                    deadline = min(deadline, link.gone_at + self.orphan_timeout)
                 for event in self.loop.wait(deadline):
                     if event.kind is EventKind.SIGNAL:
                         self.queue_signal(event.status)
                     elif event.kind is EventKind.PARENT_GONE:
                         self.parent_gone()
                 now = lowlevel.now()
-                if self.orphaned_at is not None and now >= self.orphaned_at + self.orphan_timeout:
+                if link.gone_at is not None and now >= link.gone_at + self.orphan_timeout:
                     self.logger.error("Worker %d: run() did not return within %g s of the "
                                       "server's death; exiting", self.worker.worker_id,
                                       self.orphan_timeout)
                     flush_everything(self.worker)
                     os._exit(EXIT_ORPHANED)
-                if now >= next_beat:
-                    self.beat()
-                    next_beat = now + self.interval
+                if not link.beat_if_due(now):
+                    self.parent_gone()
         except BaseException:
             self.logger.exception("Worker %d: control thread failed; exiting",
                                   self.worker.worker_id)
             flush_everything(self.worker)
             os._exit(EXIT_RUN_RAISED)
 
-    def beat(self) -> None:
-        if self.heartbeat_fd < 0:
-            return
-        try:
-            os.write(self.heartbeat_fd, b".")
-        except BlockingIOError:
-            pass  # the server is behind on reading; the pipe is proof enough
-        except BrokenPipeError:
-            os.close(self.heartbeat_fd)
-            self.heartbeat_fd = -1
-            self.parent_gone()
-
     def parent_gone(self) -> None:
-        if self.orphaned_at is not None:
+        if not self.link.mark_gone(lowlevel.now()):
             return
-        self.orphaned_at = lowlevel.now()
         self.logger.warning("Worker %d: the server (pid %d) is gone; stopping",
-                            self.worker.worker_id, self.server_pid)
+                            self.worker.worker_id, self.link.parent_pid)
         self.hooks.put(self.worker.stop)
 
     def queue_signal(self, signo: int) -> None:
