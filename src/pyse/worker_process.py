@@ -104,6 +104,10 @@ class WorkerProcess:
             self.parent_gone()
         try:
             self.worker.run()
+        except SystemExit as e:
+            # sys.exit(n) in run() is how a worker reports an exit code, e.g.
+            # one of unrecoverable_exit_codes.
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except Exception:
             self.logger.exception("Worker %d: run() raised", wid)
             return EXIT_RUN_RAISED

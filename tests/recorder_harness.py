@@ -1,0 +1,171 @@
+"""Runs tests/programs/recorder.py and reads what its workers record.
+
+The test process makes itself a child subreaper, so that workers orphaned
+by a SIGKILLed server become its children and are reaped here rather than
+by whatever PID 1 the machine has.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+PROGRAM = Path(__file__).parent / "programs" / "recorder.py"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+@dataclass(frozen=True)
+class Record:
+    event: str
+    worker_id: int
+    pid: int
+    time: float
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               interval: float = 0.002):
+    """Polls predicate until it returns something truthy, or fails naming what."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def zombie_children(pid: int) -> list[int]:
+    return [c for c in children_of(pid) if not pid_alive(c) and os.path.exists(f"/proc/{c}")]
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    fds = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            pass
+    return fds
+
+
+def reap_orphan(pid: int, timeout: float) -> None:
+    """Waits for a process that was re-parented to us, and reaps it."""
+    wait_until(lambda: not pid_alive(pid), timeout, f"pid {pid} to exit")
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # not ours after all: its real parent reaps it
+
+
+class RecorderRun:
+    """One running recorder server."""
+
+    def __init__(self, tmp_path: Path, config: dict, env: Optional[dict] = None) -> None:
+        self.config_path = tmp_path / "config.json"
+        self.events_path = tmp_path / "events.log"
+        self.log_path = tmp_path / "server.log"
+        self.write_config(config)
+        self.events_path.touch()
+        full_env = dict(os.environ, PYSE_TEST_EVENTS=str(self.events_path))
+        full_env.update(env or {})
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(PROGRAM), str(self.config_path)],
+                                     env=full_env, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        self.known_pids: set[int] = set()
+
+    def write_config(self, config: dict) -> None:
+        base = {"worker_type": "process", "log_level": "debug"}
+        base.update(config)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(base))
+        os.replace(tmp, self.config_path)
+
+    def records(self) -> list[Record]:
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            event, wid, pid, t = line.split()
+            out.append(Record(event, int(wid), int(pid), float(t)))
+        self.known_pids.update(r.pid for r in out if r.worker_id >= 0)
+        return out
+
+    def of(self, event: str) -> list[Record]:
+        return [r for r in self.records() if r.event == event]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        return [p for p in children_of(self.pid) if pid_alive(p)]
+
+    def wait_workers(self, n: int, timeout: float = 10.0) -> list[int]:
+        """Waits until exactly n live workers have each recorded run."""
+        def ready():
+            running = {r.pid for r in self.of("run")}
+            pids = self.worker_pids()
+            return pids if len(pids) == n and all(p in running for p in pids) else None
+        return wait_until(ready, timeout, f"{n} running workers")
+
+    def wait_record(self, event: str, count: int = 1, timeout: float = 10.0) -> list[Record]:
+        return wait_until(lambda: (lambda rs: rs if len(rs) >= count else None)(self.of(event)),
+                          timeout, f"{count} {event!r} records")
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> None:
+        wait_until(lambda: text in self.log(), timeout, f"log line containing {text!r}")
+
+    def signal(self, signo: int) -> None:
+        os.kill(self.pid, signo)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        """Kills whatever is left of the tree, and reaps it."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self.records()
+        for pid in self.known_pids:
+            if pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            reap_orphan(pid, 10)
+        self.log_file.close()
