@@ -31,7 +31,7 @@ ffibuilder.set_source(
     include_dirs=[os.path.relpath(CSRC, HERE)],
     extra_compile_args=STRICT_FLAGS + os.environ.get("PYSE_CFLAGS", "").split(),
     extra_link_args=os.environ.get("PYSE_LDFLAGS", "").split(),
-    libraries=["m"],
+    libraries=["m", "rt"],
 )
 
 if __name__ == "__main__":

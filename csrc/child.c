@@ -44,3 +44,24 @@ int pyse_set_parent_death_signal(int signo, int expected_ppid)
     /* The parent may have died before prctl: then no signal will ever come. */
     return getppid() != expected_ppid ? 1 : 0;
 }
+
+int pyse__arm_kill_timer(double seconds)
+{
+    struct sigevent sev;
+    struct itimerspec when;
+    timer_t timer;
+
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_SIGNAL;
+    sev.sigev_signo = SIGKILL;
+    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0)
+        return pyse__fail("timer_create: arming the orphan kill timer");
+    memset(&when, 0, sizeof when);
+    when.it_value.tv_sec = (time_t)seconds;
+    when.it_value.tv_nsec = (long)((seconds - (double)when.it_value.tv_sec) * 1e9);
+    if (when.it_value.tv_sec == 0 && when.it_value.tv_nsec == 0)
+        when.it_value.tv_nsec = 1; /* zero would disarm it */
+    if (timer_settime(timer, 0, &when, NULL) < 0)
+        return pyse__fail("timer_settime: arming the orphan kill timer");
+    return 0;
+}

@@ -51,6 +51,7 @@ struct pyse_loop {
     sigset_t owned;
     int wakeup_fd;
     int lifeline_fd;
+    double orphan_kill_delay;   /* <= 0: no SIGKILL timer on hangup */
 
     struct child *children;
     int nchildren, children_cap;
@@ -61,6 +62,9 @@ struct pyse_loop {
     struct pyse_event *queue;   /* events not yet handed out */
     int queue_head, queue_len, queue_cap;
 };
+
+/* Arms a one-shot POSIX timer that sends SIGKILL to this process. */
+int pyse__arm_kill_timer(double seconds);
 
 /* Closes every heartbeat fd the loop holds and forgets its children. */
 void pyse__close_child_fds(struct pyse_loop *loop);

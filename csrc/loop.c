@@ -123,6 +123,12 @@ int pyse_loop_set_lifeline_fd(struct pyse_loop *loop, int fd)
     return 0;
 }
 
+int pyse_loop_set_orphan_kill_delay(struct pyse_loop *loop, double seconds)
+{
+    loop->orphan_kill_delay = seconds;
+    return 0;
+}
+
 static struct child *find_child(struct pyse_loop *loop, int pid)
 {
     int i;
@@ -475,8 +481,12 @@ static int handle_fixed_fds(struct pyse_loop *loop, const struct pollfd *fixed)
     }
     if (fixed[2].revents) {
         /* Only the parent writes to the lifeline, and never does: readable
-         * means end of file, i.e. every writer is gone.  Report it once. */
+         * means end of file, i.e. every writer is gone.  Report it once.
+         * The kill timer is armed here, before the caller needs the GIL
+         * again, so that an orphan whose Python is wedged still dies. */
         loop->lifeline_fd = -1;
+        if (loop->orphan_kill_delay > 0 && pyse__arm_kill_timer(loop->orphan_kill_delay) < 0)
+            return -1;
         if (queue_event(loop, PYSE_EV_PARENT_GONE, 0, 0, 0) < 0)
             return -1;
     }

@@ -98,6 +98,12 @@ int pyse_loop_release_signals(struct pyse_loop *loop);
 int pyse_loop_set_wakeup_fd(struct pyse_loop *loop, int fd);
 int pyse_loop_set_lifeline_fd(struct pyse_loop *loop, int fd);
 
+/* When the lifeline hangs up, the loop arms a timer that SIGKILLs this
+ * process `seconds` later (<= 0: none), before it reports PARENT_GONE.  The
+ * orphan's Python code should exit sooner; the timer is for a process that
+ * cannot run Python any more (a thread holding the GIL forever). */
+int pyse_loop_set_orphan_kill_delay(struct pyse_loop *loop, double seconds);
+
 /* The loop takes ownership of heartbeat_fd (-1: none) and closes it. */
 int pyse_loop_add_child(struct pyse_loop *loop, int pid, int heartbeat_fd,
                         const struct pyse_kill_config *config, double now);

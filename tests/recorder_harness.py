@@ -154,12 +154,12 @@ class RecorderRun:
 
     def close(self) -> None:
         """Kills whatever is left of the tree, and reaps it."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+        # Workers stay in the server's process group even once orphaned.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
         self.records()
         for pid in self.known_pids:
             if pid_alive(pid):

@@ -244,3 +244,18 @@ def test_respawn_latency_and_no_leaks(run_server):
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
     assert all(not pid_alive(p) for p in pids)
+
+
+def test_orphan_holding_the_gil_is_killed_by_the_c_timer(run_server):
+    """An orphan whose Python cannot run (one thread holds the GIL forever)
+    cannot act on the lifeline; the C loop armed a SIGKILL before it needed
+    the GIL."""
+    run = run_server({"workers": 1, "test_mode": "gil_hog", "worker_orphan_timeout": 0.3})
+    (pid,) = run.wait_workers(1)
+    t0 = time.monotonic()
+    run.signal(signal.SIGKILL)
+    run.wait_exit(5)
+    reap_orphan(pid, 5)
+    took = time.monotonic() - t0
+    # orphan timeout 0.3 + ORPHAN_KILL_GRACE 1.0
+    assert 1.2 < took < 3.0, took

@@ -191,8 +191,11 @@ class Loop:
         self._wakeup_pipe = (r, w)
         _check(lib.pyse_loop_set_wakeup_fd(self._loop, r))
 
-    def set_lifeline_fd(self, fd: int) -> None:
+    def set_lifeline_fd(self, fd: int, orphan_kill_delay: float = 0.0) -> None:
+        """Watches fd's hangup (PARENT_GONE); with orphan_kill_delay > 0 the
+        hangup also arms a SIGKILL of this process that many seconds later."""
         _check(lib.pyse_loop_set_lifeline_fd(self._loop, fd))
+        _check(lib.pyse_loop_set_orphan_kill_delay(self._loop, orphan_kill_delay))
 
     # -- children --------------------------------------------------------
     def add_child(self, pid: int, heartbeat_fd: int, config: KillConfig,

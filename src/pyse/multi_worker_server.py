@@ -110,6 +110,18 @@ class MultiWorkerServer(Server):
             if slot.alive:
                 self.send_reload(slot)
 
+    def dump(self) -> None:
+        super().dump()
+        for status in self.worker_status():
+            self.logger.info("Worker %(worker_id)d: %(state)s, handle %(handle)s, %(restarts)d "
+                             "starts, %(failures)d failures in a row", status)
+        for slot in self.slots:
+            if slot.alive:
+                self.send_dump(slot)
+
+    def send_dump(self, slot: WorkerSlot) -> None:
+        """Asks a worker for its dump; worker types without one do nothing."""
+
     def apply_config(self, config: dict) -> None:
         self._timing = restart_policy.StartTiming.from_config(config)
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from pyse import lowlevel, worker_process
 from pyse.lowlevel import Event, EventKind, KillConfig
 from pyse.multi_worker_server import MultiWorkerServer, SlotState, WorkerSlot
-from pyse.signals import (RELOAD, SERVER_SIGNALS, describe_wait_status, signal_name)
+from pyse.signals import (DUMP, RELOAD, SERVER_SIGNALS, describe_wait_status, signal_name)
 
 
 class ProcessServer(MultiWorkerServer):
@@ -146,10 +146,16 @@ class ProcessServer(MultiWorkerServer):
             self.loop.stop_child(slot.handle, immediate=not graceful, now=now)
 
     def send_reload(self, slot: WorkerSlot) -> None:
+        self.signal_worker(slot, RELOAD)
+
+    def send_dump(self, slot: WorkerSlot) -> None:
+        self.signal_worker(slot, DUMP)
+
+    def signal_worker(self, slot: WorkerSlot, signo: int) -> None:
         if slot.handle is None:
             return
         try:
-            os.kill(slot.handle, RELOAD)
+            os.kill(slot.handle, signo)
         except ProcessLookupError:
             pass  # it exited; its EXITED event is on the way
 

@@ -28,6 +28,8 @@ from pyse.signals import (GRACEFUL_STOP, IMMEDIATE_RESTART, IMMEDIATE_STOP, WORK
 
 EXIT_RUN_RAISED = 1
 EXIT_ORPHANED = 1
+#: seconds between the orphan timeout and the C-armed SIGKILL
+ORPHAN_KILL_GRACE = 1.0
 
 
 def main(worker: Any, *, loop: Optional[lowlevel.Loop], server_pid: int, heartbeat_fd: int,
@@ -91,7 +93,10 @@ class WorkerProcess:
 
         loop = self.loop = lowlevel.Loop(reap_any=False)
         loop.own_signals(WORKER_SIGNALS)
-        loop.set_lifeline_fd(self.link.lifeline_fd)
+        # Python exits at the orphan timeout; the C timer is the backstop for
+        # a worker whose Python cannot run any more (a thread holds the GIL).
+        loop.set_lifeline_fd(self.link.lifeline_fd,
+                             orphan_kill_delay=self.orphan_timeout + ORPHAN_KILL_GRACE)
         # QUIT and HUP kill a worker: that is what "immediate" means.  Make sure
         # an inherited SIG_IGN (nohup) does not change that.
         for signo in (IMMEDIATE_STOP, IMMEDIATE_RESTART):

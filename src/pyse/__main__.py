@@ -1,0 +1,5 @@
+import sys
+
+from pyse.cli import main
+
+sys.exit(main())
