@@ -139,7 +139,12 @@ class ProcessServer(MultiWorkerServer):
         slot.handle = pid
         self._by_pid[pid] = slot
         self.logger.info("Worker %d started (pid %d)", slot.worker_id, pid)
-        worker.after_start()
+        try:
+            worker.after_start()
+        except Exception:
+            # The worker is running: a failing hook in the parent must not
+            # make the slot forget it.
+            self.logger.exception("Worker %d: after_start() raised", slot.worker_id)
 
     def send_stop(self, slot: WorkerSlot, graceful: bool, now: float) -> None:
         if self.loop is not None and slot.handle is not None:
