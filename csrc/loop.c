@@ -113,6 +113,13 @@ int pyse_loop_release_signals(struct pyse_loop *loop)
 
 int pyse_loop_set_wakeup_fd(struct pyse_loop *loop, int fd)
 {
+    /* Each wake-up drains the fd until EAGAIN: on a blocking fd the last
+     * read would never return. */
+    if (fd >= 0) {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+            return pyse__fail("fcntl: making the wakeup fd non-blocking");
+    }
     loop->wakeup_fd = fd;
     return 0;
 }

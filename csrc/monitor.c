@@ -100,6 +100,28 @@ int pyse_monitor_tick(struct pyse_monitor *m, const struct pyse_kill_config *c,
     return signo;
 }
 
+/* The earliest double t for which timed_out(m, c, t) holds, starting from
+ * the estimate start + timeout.  The estimate can miss by an ulp or two
+ * either way (4.0 + 0.1 = 4.1, but 4.1 - 4.0 < 0.1), and a deadline must be
+ * exact: too early and the tick at it does nothing, too late and it fires
+ * late.  timed_out is monotonic in t (rounded subtraction is), so stepping
+ * one double at a time finds it; the step cap only guards against a
+ * pathological config (the loop then retries 1 ms later). */
+static double earliest_time(const struct pyse_monitor *m, const struct pyse_kill_config *c,
+                            double estimate,
+                            int (*timed_out)(const struct pyse_monitor *,
+                                             const struct pyse_kill_config *, double))
+{
+    double t = estimate;
+    int steps;
+
+    for (steps = 0; steps < 64 && !timed_out(m, c, t); steps++)
+        t = nextafter(t, INFINITY);
+    for (steps = 0; steps < 64 && timed_out(m, c, nextafter(t, -INFINITY)); steps++)
+        t = nextafter(t, -INFINITY);
+    return t;
+}
+
 double pyse_monitor_deadline(const struct pyse_monitor *m,
                              const struct pyse_kill_config *c)
 {
@@ -112,12 +134,14 @@ double pyse_monitor_deadline(const struct pyse_monitor *m,
     if (!is_set(m->immediate_start)) {
         double t;
         if (m->watch_heartbeat) {
-            t = m->last_heartbeat + c->heartbeat_timeout;
+            t = earliest_time(m, c, m->last_heartbeat + c->heartbeat_timeout,
+                              heartbeat_timed_out);
             if (!is_set(deadline) || t < deadline)
                 deadline = t;
         }
         if (is_set(m->graceful_start) && c->graceful_timeout >= 0) {
-            t = m->graceful_start + c->graceful_timeout;
+            t = earliest_time(m, c, m->graceful_start + c->graceful_timeout,
+                              graceful_timed_out);
             if (!is_set(deadline) || t < deadline)
                 deadline = t;
         }

@@ -93,8 +93,9 @@ int pyse_loop_own_signals(struct pyse_loop *loop, const int *signals, int count)
 int pyse_loop_release_signals(struct pyse_loop *loop);
 
 /* Optional fds the wait also watches; -1 stops watching.  The wakeup fd (for
- * Python's signal.set_wakeup_fd) is drained.  The lifeline fd is the read end
- * of a pipe whose only writer is the parent: its hangup is PARENT_GONE. */
+ * Python's signal.set_wakeup_fd) is drained, so it is made non-blocking.
+ * The lifeline fd is the read end of a pipe whose only writer is the parent:
+ * its hangup is PARENT_GONE. */
 int pyse_loop_set_wakeup_fd(struct pyse_loop *loop, int fd);
 int pyse_loop_set_lifeline_fd(struct pyse_loop *loop, int fd);
 

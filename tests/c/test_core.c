@@ -1,0 +1,472 @@
+/* test_core.c -- drives the C core with real forks, kills, pipes and
+ * signals, for the memory checkers (ASan/UBSan/LSan, valgrind memcheck).
+ *
+ * It links the csrc/ sources directly (no Python): see tests/test_core_asan.py for
+ * the build and run commands.  Each check prints what failed; the exit
+ * status is 0 only if every check passed.  Every wait has a deadline. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdarg.h>
+
+static int failures, checks;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        checks++;                                                            \
+        if (!(cond)) {                                                       \
+            failures++;                                                      \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, \
+                    #cond);                                                  \
+            fprintf(stderr, __VA_ARGS__);                                    \
+            fprintf(stderr, " (errno %d, context \"%s\")\n", errno,          \
+                    pyse_error_context());                                   \
+        }                                                                    \
+    } while (0)
+
+static const struct pyse_kill_config QUIET = {
+    3600.0, 15.0, 10.0, 600.0, 10.0, 10.0, 600.0, SIGTERM, SIGQUIT,
+};
+
+/* Events of interest collected across waits. */
+struct seen {
+    struct pyse_event ev[4096];
+    int n;
+};
+
+static int count_kind(const struct seen *s, int kind, int pid)
+{
+    int i, n = 0;
+    for (i = 0; i < s->n; i++)
+        if (s->ev[i].kind == kind && (pid == 0 || s->ev[i].pid == pid))
+            n++;
+    return n;
+}
+
+static const struct pyse_event *find_kind(const struct seen *s, int kind, int pid)
+{
+    int i;
+    for (i = 0; i < s->n; i++)
+        if (s->ev[i].kind == kind && (pid == 0 || s->ev[i].pid == pid))
+            return &s->ev[i];
+    return NULL;
+}
+
+/* Waits (batches of max_events) until `want` events of `kind` arrived or
+ * `timeout` seconds passed; returns 0 if they arrived. */
+static int collect(struct pyse_loop *loop, struct seen *s, int kind, int want,
+                   double timeout, int max_events)
+{
+    double deadline = pyse_now() + timeout;
+    struct pyse_event batch[256];
+
+    while (count_kind(s, kind, 0) < want) {
+        int i, n = pyse_loop_wait(loop, deadline, batch, max_events);
+        if (n < 0) {
+            fprintf(stderr, "pyse_loop_wait: %s: %s\n", pyse_error_context(), strerror(errno));
+            return -1;
+        }
+        for (i = 0; i < n; i++) {
+            if (batch[i].kind == PYSE_EV_TIMER)
+                return -1;
+            if (s->n < (int)(sizeof s->ev / sizeof s->ev[0]))
+                s->ev[s->n++] = batch[i];
+        }
+    }
+    return 0;
+}
+
+/* Forks a child that drops the loop, closes close_fd, and runs body. */
+static pid_t fork_child(struct pyse_loop *loop, int close_fd, int (*body)(int), int arg)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fds[1] = {close_fd};
+        if (pyse_child_after_fork(loop, fds, 1) < 0)
+            _exit(70);
+        pyse_loop_free(loop);
+        _exit(body(arg));
+    }
+    return pid;
+}
+
+/* Adds a forked child with a heartbeat pipe; returns its pid. */
+static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_kill_config *c)
+{
+    int fds[2];
+    pid_t pid;
+
+    if (pipe(fds) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    pid = fork_child(loop, fds[0], body, fds[1]);
+    close(fds[1]);
+    CHECK(pid > 0, "fork");
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], c, pyse_now()) == 0, "add_child %d", pid);
+    return pid;
+}
+
+static int sleep_forever(int w)
+{
+    (void)w;
+    for (;;)
+        pause();
+    return 0;
+}
+
+static int exit_7(int w)
+{
+    (void)w;
+    return 7;
+}
+
+static int close_then_sleep(int w)
+{
+    close(w);
+    for (;;)
+        pause();
+    return 0;
+}
+
+static int beat_then_hang(int w)
+{
+    int i;
+    signal(SIGQUIT, SIG_IGN);
+    for (i = 0; i < 3; i++) {
+        if (write(w, ".", 1) != 1)
+            return 3;
+        usleep(10000);
+    }
+    for (;;)
+        pause();
+    return 0;
+}
+
+static int wait_for_pipe_eof(int r)
+{
+    char c;
+    while (read(r, &c, 1) > 0)
+        ;
+    return 1;
+}
+
+/* ---- the pure escalation ---------------------------------------------------- */
+
+static void test_monitor(void)
+{
+    struct pyse_kill_config c = QUIET;
+    struct pyse_monitor m;
+    int promoted, sig;
+
+    c.graceful_interval = 1.0;
+    c.graceful_increment = 1.0;
+    c.graceful_timeout = 5.0;
+    c.immediate_interval = 1.0;
+    c.immediate_increment = 0.0;
+    c.immediate_timeout = 2.0;
+    pyse_monitor_init(&m, 0.0, 0);
+    CHECK(pyse_monitor_deadline(&m, &c) == PYSE_UNSET, "an idle monitor has no deadline");
+    pyse_monitor_graceful_stop(&m, 0.0);
+    sig = pyse_monitor_tick(&m, &c, 0.0, &promoted);
+    CHECK(sig == SIGTERM && promoted == PYSE_PROMOTED_NONE, "TERM at once, got %d", sig);
+    CHECK(pyse_monitor_deadline(&m, &c) == 1.0, "next TERM at 1");
+    CHECK(pyse_monitor_tick(&m, &c, 0.5, &promoted) == 0, "nothing at 0.5");
+    CHECK(pyse_monitor_tick(&m, &c, 1.0, &promoted) == SIGTERM, "TERM at 1");
+    CHECK(pyse_monitor_tick(&m, &c, 3.0, &promoted) == SIGTERM, "TERM at 3");
+    sig = pyse_monitor_tick(&m, &c, 5.5, &promoted);
+    CHECK(sig == SIGQUIT && promoted == PYSE_PROMOTED_GRACEFUL, "promoted at 5.5, got %d", sig);
+    CHECK(pyse_monitor_tick(&m, &c, 6.5, &promoted) == SIGQUIT, "QUIT at 6.5");
+    CHECK(pyse_monitor_tick(&m, &c, 7.5, &promoted) == SIGKILL, "KILL at 7.5");
+    m.gone = 1;
+    CHECK(pyse_monitor_tick(&m, &c, 100.0, &promoted) == 0, "nothing once gone");
+    CHECK(pyse_monitor_deadline(&m, &c) == PYSE_UNSET, "no deadline once gone");
+
+    pyse_monitor_init(&m, 4.0, 1);
+    c.heartbeat_timeout = 0.1;
+    {
+        double d = pyse_monitor_deadline(&m, &c);
+        CHECK(pyse_monitor_tick(&m, &c, nextafter(d, 0.0), &promoted) == 0, "nothing before");
+        CHECK(pyse_monitor_tick(&m, &c, d, &promoted) == SIGQUIT &&
+                  promoted == PYSE_PROMOTED_HEARTBEAT, "heartbeat timeout exactly at %.17g", d);
+    }
+}
+
+/* ---- the loop with real processes --------------------------------------------------- */
+
+static void test_errors(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0), *other = pyse_loop_new(0);
+    struct pyse_monitor m;
+    struct pyse_event ev[1];
+    int sigs[2] = {SIGUSR1, SIGKILL};
+
+    CHECK(loop != NULL && other != NULL, "pyse_loop_new");
+    errno = 0;
+    CHECK(pyse_loop_add_child(loop, 0, -1, &QUIET, 0.0) < 0 && errno == EINVAL, "pid 0");
+    CHECK(pyse_loop_add_child(loop, -3, -1, &QUIET, 0.0) < 0 && errno == EINVAL, "pid -3");
+    CHECK(pyse_loop_add_child(loop, 424242, -1, &QUIET, 0.0) == 0, "a pid");
+    CHECK(pyse_loop_add_child(loop, 424242, -1, &QUIET, 0.0) < 0 && errno == EINVAL,
+          "duplicate pid");
+    CHECK(strstr(pyse_error_context(), "duplicate") != NULL, "context names it");
+    CHECK(pyse_loop_add_child(loop, 424243, 987654, &QUIET, 0.0) < 0, "a bad heartbeat fd");
+    CHECK(pyse_loop_stop_child(loop, 1, 1, 0.0) < 0 && errno == ESRCH, "stop unknown");
+    CHECK(pyse_loop_set_child_config(loop, 1, &QUIET) < 0 && errno == ESRCH, "config unknown");
+    CHECK(pyse_loop_get_monitor(loop, 1, &m) < 0 && errno == ESRCH, "monitor unknown");
+    CHECK(pyse_loop_get_monitor(loop, 424242, &m) == 0 && m.kill_count == 0, "monitor");
+    CHECK(pyse_loop_wait(loop, 0.0, ev, 0) < 0 && errno == EINVAL, "max_events 0");
+    CHECK(pyse_loop_child_count(loop) == 1, "one child");
+
+    CHECK(pyse_loop_own_signals(loop, sigs, 2) < 0 && errno == EINVAL, "SIGKILL refused");
+    CHECK(pyse_loop_own_signals(loop, sigs, 1) == 0, "own SIGUSR1 after a failed try");
+    CHECK(pyse_loop_own_signals(loop, sigs, 1) < 0 && errno == EBUSY, "own twice");
+    CHECK(pyse_loop_own_signals(other, sigs, 1) < 0 && errno == EBUSY, "two owners");
+    CHECK(pyse_loop_release_signals(loop) == 0, "release");
+    CHECK(pyse_loop_own_signals(other, sigs, 1) == 0, "own after release");
+    pyse_loop_free(other); /* releases its signals */
+    pyse_loop_free(loop);
+    pyse_loop_free(NULL);
+}
+
+static void test_exits_kills_and_signals(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    int sigs[3] = {SIGUSR1, SIGHUP, SIGUSR2};
+    struct seen s = {.n = 0};
+    pid_t killed, coded, closer;
+    const struct pyse_event *e;
+
+    CHECK(pyse_loop_own_signals(loop, sigs, 3) == 0, "own signals");
+    raise(SIGUSR1);
+    raise(SIGHUP);
+    raise(SIGUSR2);
+    raise(SIGUSR1);
+    CHECK(collect(loop, &s, PYSE_EV_SIGNAL, 4, 5.0, 2) == 0, "four SIGNAL events");
+    CHECK(s.n == 4 && s.ev[0].status == SIGUSR1 && s.ev[1].status == SIGHUP &&
+              s.ev[2].status == SIGUSR2 && s.ev[3].status == SIGUSR1, "in order");
+
+    s.n = 0;
+    killed = spawn(loop, sleep_forever, &QUIET);
+    coded = spawn(loop, exit_7, &QUIET);
+    {
+        struct pyse_kill_config c = QUIET;
+        c.immediate_signal = SIGTERM;
+        closer = spawn(loop, close_then_sleep, &c);
+    }
+    kill(killed, SIGKILL);
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 3, 10.0, 64) == 0, "three EXITED");
+    e = find_kind(&s, PYSE_EV_EXITED, killed);
+    CHECK(e && WIFSIGNALED(e->status) && WTERMSIG(e->status) == SIGKILL, "SIGKILL status");
+    e = find_kind(&s, PYSE_EV_EXITED, coded);
+    CHECK(e && WIFEXITED(e->status) && WEXITSTATUS(e->status) == 7, "exit 7");
+    e = find_kind(&s, PYSE_EV_EXITED, closer);
+    CHECK(e && WIFSIGNALED(e->status) && WTERMSIG(e->status) == SIGTERM, "closer TERMed");
+    CHECK(find_kind(&s, PYSE_EV_CLOSED, closer) != NULL, "CLOSED for the closer");
+    e = find_kind(&s, PYSE_EV_KILL, closer);
+    CHECK(e && e->status == SIGTERM && e->err == 0, "immediate signal after CLOSED");
+    CHECK(pyse_loop_child_count(loop) == 0, "table empty");
+    pyse_loop_free(loop);
+}
+
+static void test_heartbeat_timeout(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    struct pyse_kill_config c = QUIET;
+    struct seen s = {.n = 0};
+    pid_t pid;
+    const struct pyse_event *e;
+
+    c.heartbeat_timeout = 0.1;
+    c.immediate_interval = 0.02;
+    c.immediate_increment = 0.01;
+    c.immediate_timeout = 0.1;
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD only");
+    pid = spawn(loop, beat_then_hang, &c);
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 3) == 0, "killed in the end");
+    CHECK(count_kind(&s, PYSE_EV_HEARTBEAT, pid) >= 1, "heartbeats seen");
+    CHECK(count_kind(&s, PYSE_EV_HEARTBEAT_TIMEOUT, pid) == 1, "one timeout");
+    CHECK(count_kind(&s, PYSE_EV_KILL, pid) >= 2, "QUITs then KILL");
+    e = find_kind(&s, PYSE_EV_EXITED, pid);
+    CHECK(e && WIFSIGNALED(e->status) && WTERMSIG(e->status) == SIGKILL, "SIGKILLed");
+    pyse_loop_free(loop);
+}
+
+/* 200 children exit at once: the child table, the poll set and the event
+ * queue all grow, and one-event batches walk the queue head. */
+static void test_many_children(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    static struct seen s;
+    int go[2], i, bad = 0;
+    pid_t pids[200];
+
+    s.n = 0;
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
+    if (pipe(go) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    for (i = 0; i < 200; i++) {
+        int fds[2];
+        if (pipe(fds) < 0) {
+            perror("pipe");
+            exit(2);
+        }
+        pids[i] = fork();
+        if (pids[i] == 0) {
+            int close_fds[3] = {fds[0], go[1], -1};
+            pyse_child_after_fork(loop, close_fds, 3);
+            pyse_loop_free(loop);
+            _exit(wait_for_pipe_eof(go[0]));
+        }
+        close(fds[1]);
+        CHECK(pyse_loop_add_child(loop, pids[i], fds[0], &QUIET, pyse_now()) == 0, "add");
+    }
+    close(go[0]);
+    CHECK(pyse_loop_child_count(loop) == 200, "200 children");
+    close(go[1]);
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 200, 30.0, 1) == 0, "200 EXITED, one per batch");
+    for (i = 0; i < 200; i++) {
+        const struct pyse_event *e = find_kind(&s, PYSE_EV_EXITED, pids[i]);
+        if (!e || !WIFEXITED(e->status) || WEXITSTATUS(e->status) != 1)
+            bad++;
+    }
+    CHECK(bad == 0, "%d children with a wrong or missing status", bad);
+    CHECK(pyse_loop_child_count(loop) == 0, "table empty");
+    pyse_loop_free(loop);
+}
+
+static void test_fixed_fds_and_reap_any(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(1);
+    struct seen s = {.n = 0};
+    int wake[2], life[2];
+    pid_t stray;
+    const struct pyse_event *e;
+
+    if (pipe(wake) < 0 || pipe(life) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
+    CHECK(pyse_loop_set_wakeup_fd(loop, wake[0]) == 0, "wakeup fd");
+    CHECK(pyse_loop_set_lifeline_fd(loop, life[0]) == 0, "lifeline fd");
+    CHECK(write(wake[1], "xy", 2) == 2, "write");
+    CHECK(collect(loop, &s, PYSE_EV_WAKEUP, 1, 5.0, 8) == 0, "WAKEUP");
+    close(life[1]);
+    CHECK(collect(loop, &s, PYSE_EV_PARENT_GONE, 1, 5.0, 8) == 0, "PARENT_GONE");
+
+    /* reap_any: a child the loop was never told about is reaped too */
+    stray = fork();
+    if (stray == 0)
+        _exit(5);
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 5.0, 8) == 0, "EXITED of a stray child");
+    e = find_kind(&s, PYSE_EV_EXITED, stray);
+    CHECK(e && WIFEXITED(e->status) && WEXITSTATUS(e->status) == 5, "its status");
+    {
+        double deadline = pyse_now() + 0.02;
+        struct pyse_event ev[4];
+        int n = pyse_loop_wait(loop, deadline, ev, 4);
+        CHECK(n == 1 && ev[0].kind == PYSE_EV_TIMER && pyse_now() >= deadline, "TIMER");
+    }
+    pyse_loop_free(loop);
+    close(wake[0]);
+    close(wake[1]);
+    close(life[0]);
+}
+
+/* A worker whose parent dies and whose code never runs again: the orphan
+ * kill timer armed at the hangup SIGKILLs it. */
+static void test_orphan_kill_timer(void)
+{
+    int life[2], status = 0;
+    pid_t worker;
+
+    if (pipe(life) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    worker = fork();
+    if (worker == 0) {
+        struct pyse_loop *loop = pyse_loop_new(0);
+        struct pyse_event ev[4];
+        int n;
+        close(life[1]);
+        pyse_loop_set_lifeline_fd(loop, life[0]);
+        pyse_loop_set_orphan_kill_delay(loop, 0.05);
+        n = pyse_loop_wait(loop, pyse_now() + 10.0, ev, 4);
+        if (n != 1 || ev[0].kind != PYSE_EV_PARENT_GONE)
+            _exit(3);
+        for (;;)
+            pause(); /* wedged: only the timer can end us */
+    }
+    close(life[0]);
+    close(life[1]); /* "the parent" dies */
+    CHECK(waitpid(worker, &status, 0) == worker, "waitpid");
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "the orphan was SIGKILLed "
+          "(status %#x)", status);
+}
+
+static void test_child_side(void)
+{
+    int fds[2], status = 0, expected;
+    pid_t pid;
+
+    if (pipe(fds) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    pid = fork();
+    if (pid == 0) {
+        int close_fds[3] = {fds[0], fds[1], -1};
+        if (pyse_child_after_fork(NULL, close_fds, 3) < 0)
+            _exit(2);
+        if (fcntl(fds[0], F_GETFD) != -1 || fcntl(fds[1], F_GETFD) != -1)
+            _exit(3);
+        expected = getppid();
+        if (pyse_set_parent_death_signal(SIGKILL, expected) != 0)
+            _exit(4);
+        if (pyse_set_parent_death_signal(SIGKILL, expected + 1) != 1)
+            _exit(5);
+        _exit(0);
+    }
+    close(fds[0]);
+    close(fds[1]);
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "child side checks (status %#x)", status);
+}
+
+/* Freeing a loop that still holds children closes their pipes. */
+static void test_free_with_children(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    pid_t a, b;
+    int status;
+
+    a = spawn(loop, sleep_forever, &QUIET);
+    b = spawn(loop, sleep_forever, &QUIET);
+    CHECK(pyse_loop_stop_child(loop, a, 0, pyse_now()) == 0, "stop a");
+    CHECK(pyse_loop_set_child_config(loop, b, &QUIET) == 0, "config b");
+    pyse_loop_free(loop);
+    kill(a, SIGKILL);
+    kill(b, SIGKILL);
+    waitpid(a, &status, 0);
+    waitpid(b, &status, 0);
+}
+
+int main(void)
+{
+    /* A hung wait must not hang the test run: die with SIGALRM instead. */
+    alarm(300);
+    test_monitor();
+    test_errors();
+    test_exits_kills_and_signals();
+    test_heartbeat_timeout();
+    test_many_children();
+    test_fixed_fds_and_reap_any();
+    test_orphan_kill_timer();
+    test_child_side();
+    test_free_with_children();
+    printf("%d checks, %d failed\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}
