@@ -242,8 +242,21 @@ def all_stats() -> dict[int, ProcStat]:
 
 
 def children_of(pid: int) -> list[int]:
-    """Pids whose parent is pid, zombies included (whichever thread forked them)."""
-    return sorted(p for p, st in all_stats().items() if st.ppid == pid)
+    """Pids whose parent is pid, zombies included (whichever thread forked
+    them): /proc/<pid>/task/<tid>/children of every thread, which is much
+    cheaper than a scan of every process."""
+    found: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.update(int(p) for p in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # that thread ended while we looked
+    return sorted(found)
 
 
 def descendants_of(pid: int, stats: Optional[dict[int, ProcStat]] = None) -> list[int]:

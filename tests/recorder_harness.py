@@ -12,10 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
+
+import helpers
+from helpers import children_of, open_fds
+from helpers import is_running as pid_alive
+
+T = TypeVar("T")
 
 PROGRAM = Path(__file__).parent / "programs" / "recorder.py"
 PR_SET_CHILD_SUBREAPER = 36
@@ -35,49 +40,14 @@ class Record:
     time: float
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.002):
-    """Polls predicate until it returns something truthy, or fails naming what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
+def wait_until(predicate: Callable[[], T], timeout: float, what: str,
+               interval: float = 0.002) -> T:
+    """helpers.wait_for, with what is awaited as a required argument."""
+    return helpers.wait_for(predicate, timeout, interval=interval, what=what)
 
 
 def zombie_children(pid: int) -> list[int]:
-    return [c for c in children_of(pid) if not pid_alive(c) and os.path.exists(f"/proc/{c}")]
-
-
-def open_fds(pid: int) -> dict[int, str]:
-    fds = {}
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            fds[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
-        except FileNotFoundError:
-            pass
-    return fds
+    return [c for c in children_of(pid) if helpers.is_zombie(c)]
 
 
 def reap_orphan(pid: int, timeout: float) -> None:
@@ -98,7 +68,7 @@ class RecorderRun:
         self.log_path = tmp_path / "server.log"
         self.write_config(config)
         self.events_path.touch()
-        full_env = dict(os.environ, PYSE_TEST_EVENTS=str(self.events_path))
+        full_env = helpers.marked_env({"PYSE_TEST_EVENTS": str(self.events_path)})
         full_env.update(env or {})
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, str(PROGRAM), str(self.config_path)],
@@ -154,11 +124,9 @@ class RecorderRun:
 
     def close(self) -> None:
         """Kills whatever is left of the tree, and reaps it."""
-        # Workers stay in the server's process group even once orphaned.
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # Workers stay in the server's process group even once orphaned;
+        # kill_group also reaps the ones re-parented to us (the subreaper).
+        helpers.kill_group(self.pid)
         self.proc.wait(10)
         self.records()
         for pid in self.known_pids:

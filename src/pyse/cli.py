@@ -182,7 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running process tree")
     status.add_argument("--pid-file", "-p", required=True)
     status.set_defaults(func=cmd_status)
+    reference = sub.add_parser("config-reference",
+                               help="print the configuration reference (docs/configuration.md)")
+    reference.set_defaults(func=cmd_config_reference)
     return parser
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_mod.reference_markdown())
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

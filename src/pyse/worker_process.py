@@ -123,7 +123,9 @@ class WorkerProcess:
         if fmt:
             import setproctitle
 
-            setproctitle.setproctitle(fmt % (self.worker.worker_id,))
+            from pyse.config import format_process_name
+
+            setproctitle.setproctitle(format_process_name(fmt, self.worker.worker_id))
 
     def drop_privileges(self) -> None:
         user, group, umask = (self.config.get("worker_chuser"), self.config.get("worker_chgroup"),
