@@ -259,3 +259,35 @@ def test_orphan_holding_the_gil_is_killed_by_the_c_timer(run_server):
     took = time.monotonic() - t0
     # orphan timeout 0.3 + ORPHAN_KILL_GRACE 1.0
     assert 1.2 < took < 3.0, took
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_process_server_has_one_thread_while_forking(run_server, tmp_path):
+    """The process server forks: a second thread in it could hold a lock
+    (a logging handler's, the allocator's) at the instant of fork(), and the
+    child would deadlock on it.  So it runs no thread at all, not even with
+    a log file and fd 1/2 capture on, while workers start and restart."""
+    run = run_server({"workers": 3, "log": str(tmp_path / "tree.log"),
+                      "log_stdout": True, "log_stderr": True})
+    run.wait_workers(3)
+    assert thread_count(run.pid) == 1
+    for i in range(20):
+        victim = run.worker_pids()[i % 3]
+        n_runs = len(run.of("run"))
+        os.kill(victim, signal.SIGKILL)
+        samples = []
+
+        def replaced():
+            # Sample while the replacement is being forked and started.
+            samples.append(thread_count(run.pid))
+            return len(run.of("run")) > n_runs
+        wait_until(replaced, 10, "a replacement")
+        assert set(samples) == {1}, samples
+    run.signal(signal.SIGUSR2)
+    run.wait_record("reload", 3)
+    assert thread_count(run.pid) == 1
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
