@@ -191,6 +191,12 @@ class Loop:
         self._wakeup_pipe = (r, w)
         _check(lib.pyse_loop_set_wakeup_fd(self._loop, r))
 
+    def wake_on_readable(self, fd: int) -> None:
+        """Makes fd this loop's wakeup fd (instead of watch_python_signals):
+        when it turns readable, wait() drains it and returns a WAKEUP event.
+        For a loop waited on by one thread that others must be able to wake."""
+        _check(lib.pyse_loop_set_wakeup_fd(self._loop, fd))
+
     def set_lifeline_fd(self, fd: int, orphan_kill_delay: float = 0.0) -> None:
         """Watches fd's hangup (PARENT_GONE); with orphan_kill_delay > 0 the
         hangup also arms a SIGKILL of this process that many seconds later."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pyse import lowlevel, worker_process
 from pyse.lowlevel import Event, EventKind, KillConfig
@@ -111,9 +111,25 @@ class ProcessServer(MultiWorkerServer):
         assert self.loop is not None and self._lifeline is not None
         worker = self.create_worker(slot.worker_id)
         worker.before_fork()
+        loop, lifeline_r, server_pid = self.loop, self._lifeline[0], os.getpid()
+
+        def child_main(heartbeat_w: int, close_fds: list[int], restore_mask: set) -> None:
+            worker_process.main(worker, loop=loop, server_pid=server_pid,
+                                heartbeat_fd=heartbeat_w, lifeline_fd=lifeline_r,
+                                close_fds=close_fds, restore_mask=restore_mask)
+
+        pid, heartbeat_r = self.fork_child(child_main)
+        self.adopt_worker(slot, worker, pid, heartbeat_r, now)
+
+    def fork_child(self, child_main: Callable[[int, list[int], set], None]) -> tuple[int, int]:
+        """Forks a child monitored through a new heartbeat pipe; returns its
+        pid and the pipe's read end.  The child runs ``child_main(heartbeat
+        write end, fds it must close, signal mask to restore)``, which owns
+        the child's fd hygiene and must end in ``os._exit``."""
+        assert self._lifeline is not None
         heartbeat_r, heartbeat_w = os.pipe()
-        lifeline_r, lifeline_w = self._lifeline
-        server_pid = os.getpid()
+        close_fds = [heartbeat_r, self._lifeline[1], *self.private_fds,
+                     *(self.parent_link.fds() if self.parent_link else ())]
         # Block the signals the loop owns across the fork: until the child has
         # dropped the parent's handlers, a signal sent to it would land in the
         # parent's self-pipe and look like a signal to the server.
@@ -125,16 +141,20 @@ class ProcessServer(MultiWorkerServer):
             os.close(heartbeat_r)
             os.close(heartbeat_w)
             raise
-        if pid == 0:  # the worker process; never returns
-            worker_process.main(
-                worker, loop=self.loop, server_pid=server_pid,
-                heartbeat_fd=heartbeat_w, lifeline_fd=lifeline_r,
-                close_fds=[heartbeat_r, lifeline_w, *self.private_fds,
-                           *(self.parent_link.fds() if self.parent_link else ())],
-                restore_mask=blocked)
+        if pid == 0:  # the child; never returns into the server's stack
+            try:
+                child_main(heartbeat_w, close_fds, blocked)
+            finally:
+                os._exit(worker_process.EXIT_RUN_RAISED)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(heartbeat_w)
-        self.loop.add_child(pid, heartbeat_r, self.kill_config, now)
+        return pid, heartbeat_r
+
+    def adopt_worker(self, slot: WorkerSlot, worker: Any, pid: int, heartbeat_r: int,
+                     now: float) -> None:
+        """Hands a started child to the loop and the slot, then after_start()."""
+        assert self.loop is not None
+        self.loop.add_child(pid, heartbeat_r, self.kill_config_for(pid), now)
         slot.worker = worker
         slot.handle = pid
         self._by_pid[pid] = slot
@@ -145,6 +165,10 @@ class ProcessServer(MultiWorkerServer):
             # The worker is running: a failing hook in the parent must not
             # make the slot forget it.
             self.logger.exception("Worker %d: after_start() raised", slot.worker_id)
+
+    def kill_config_for(self, pid: int) -> KillConfig:
+        """The escalation timing of one child (subclasses may vary it)."""
+        return self.kill_config
 
     def send_stop(self, slot: WorkerSlot, graceful: bool, now: float) -> None:
         if self.loop is not None and slot.handle is not None:
@@ -169,7 +193,7 @@ class ProcessServer(MultiWorkerServer):
         self.kill_config = KillConfig.from_config(config, "worker_")
         if self.loop is not None:
             for pid in self._by_pid:
-                self.loop.set_child_config(pid, self.kill_config)
+                self.loop.set_child_config(pid, self.kill_config_for(pid))
 
     def worker_pids(self) -> dict[int, int]:
         """worker id -> pid of the workers alive now."""

@@ -1,0 +1,129 @@
+"""``worker_type: "embedded"`` (the default): the server's main thread runs
+worker 0's ``run()``, again and again until the server stops.
+
+Signals are handled off the main thread (see pyse.in_process_server), so
+they work while ``run()`` is busy, even inside a C call.  TERM calls the
+worker's ``stop()`` from another thread; ``run()`` returns and the server
+exits.  USR1/HUP stop the worker, reload the configuration and run a new
+worker object (a fresh ``initialize()``, so a flag that ``stop()`` set does
+not end the next ``run()`` at once).  USR2 reloads the configuration,
+reopens the log and calls ``reload()``.  A ``run()`` that returns or raises
+without being asked to is logged and run again, after the crash-loop
+backoff when ``restart_backoff_base`` is set.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+from pyse import lowlevel, restart_policy
+from pyse.in_process_server import InProcessServer
+from pyse.worker import Worker
+
+
+def run_worker(worker: Worker, logger: Any) -> tuple[str, Optional[int]]:
+    """Runs worker.run(); returns (how it ended, exit code or None).
+
+    ``sys.exit(n)`` in run() reports exit code n, as it does in a process
+    worker (e.g. one of ``unrecoverable_exit_codes``)."""
+    try:
+        worker.run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return f"status {code}", code
+    except Exception as e:
+        logger.exception("Worker %d: run() raised", worker.worker_id)
+        return f"an exception ({type(e).__name__}: {e})", None
+    return "status 0", 0
+
+
+class EmbeddedServer(InProcessServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Guards the hand-over between the main thread (which starts runs)
+        # and the server thread (which stops them).
+        self._lock = threading.Lock()
+        self.worker: Optional[Worker] = None
+        self._restarting: Optional[Worker] = None
+        self._wake = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def run(self) -> None:
+        self.start_control()
+        server_thread = threading.Thread(target=self.serve_events, name="pyse-server",
+                                         daemon=True)
+        server_thread.start()
+        try:
+            self.run_until_stop()
+        finally:
+            self.stop_control()   # first: no new event after the sentinel
+            self.post(None)
+            server_thread.join()
+
+    def run_until_stop(self) -> None:
+        failures = 0
+        timing = restart_policy.StartTiming.from_config(self.config)
+        while True:
+            worker = self.create_worker(0)
+            with self._lock:
+                # Checked under the lock that stop() takes to find the
+                # worker: either this sees _stop, or stop() sees this worker.
+                if self._stop:
+                    return
+                self.worker = worker
+            started = lowlevel.now()
+            description, code = run_worker(worker, self.logger)
+            with self._lock:
+                self.worker = None
+                asked = self._stop or self._restarting is worker
+            now = lowlevel.now()
+            self.logger.info("Worker 0 finished%s with %s", "" if asked else " unexpectedly",
+                             description)
+            if self.unrecoverable(code):
+                return
+            timing = restart_policy.StartTiming.from_config(self.config)
+            failures = restart_policy.failures_after_exit(failures, now - started,
+                                                          timing.backoff_reset, asked)
+            wait = restart_policy.backoff_delay(failures, timing.backoff_base,
+                                                timing.backoff_max)
+            if wait > 0 and not self._stop:
+                self.logger.warning("Worker 0 failed %d times in a row: running it again in "
+                                    "%.3g s", failures, wait)
+                self._wake.wait(wait)   # stop() sets it
+
+    def unrecoverable(self, code: Optional[int]) -> bool:
+        codes = self.config.get("unrecoverable_exit_codes") or ()
+        if code is None or code not in codes:
+            return False
+        self.stop_status = code
+        self.logger.error("Worker 0 exited with unrecoverable code %d: stopping the server", code)
+        return True
+
+    # -- signals (on the server thread) ------------------------------------
+    def stop(self, stop_graceful: bool) -> None:
+        super().stop(stop_graceful)
+        self._wake.set()
+        with self._lock:
+            worker = self.worker
+        if worker is not None:
+            self.call_in_thread(worker.stop, "worker 0 stop()")
+
+    def restart(self, stop_graceful: bool) -> None:
+        super().restart(stop_graceful)
+        with self._lock:
+            worker = self._restarting = self.worker
+        if worker is not None:
+            self.call_in_thread(worker.stop, "worker 0 stop()")
+
+    def reload(self) -> None:
+        super().reload()
+        with self._lock:
+            worker = self.worker
+        if worker is not None:
+            self.call_in_thread(worker.reload, "worker 0 reload()")
+
+    def dump(self) -> None:
+        super().dump()
+        with self._lock:
+            worker = self.worker
+        if worker is not None:
+            self.dump_worker(worker)

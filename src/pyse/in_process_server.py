@@ -1,0 +1,207 @@
+"""What the embedded and thread servers share: their workers run inside the
+server process, so the server itself must stay responsive while a worker's
+``run()`` may occupy the main thread, even inside a long C call.
+
+Why a control thread, and not Python signal handlers: CPython runs signal
+handlers only on the main thread, between bytecodes.  The embedded server's
+main thread belongs to the user's ``run()``, which may sit in a C call for
+minutes; a TERM must still stop it.  So, as a worker process does, these
+servers hand their signals to the C loop (a C handler that only writes a
+byte to a self-pipe, whichever thread the kernel picks) and wait in that loop
+on a small control thread, without the GIL.  The same wait watches the
+supervisor's lifeline (its hangup is seen at once) and times the heartbeats
+toward the supervisor.  Signals are not blocked in other threads: a blocked
+mask would be inherited by every program the user starts with subprocess.
+
+The control thread only translates what it sees into events on a queue; a
+"server thread" (the main thread of a thread server, a helper thread of an
+embedded server) takes them and runs the server's reactions and hooks, so a
+slow user hook never delays a heartbeat or the lifeline.
+
+Neither type can stop a thread immediately: QUIT and HUP act as their
+graceful counterparts (TERM, USR1), and the log says so.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Callable, Optional
+
+from pyse import lowlevel
+from pyse.lowlevel import EventKind
+from pyse.parent_link import ParentLink
+from pyse.server import Server
+from pyse.signals import SERVER_SIGNALS, signal_name
+from pyse.worker import Worker
+
+#: an event for the server thread: ("signal", signo), ("parent_gone", now),
+#: ("control_failed", message), or what a subclass posts itself
+ServerEvent = tuple
+
+
+class ControlThread:
+    """Waits in the C loop for the server's signals and the supervisor's
+    lifeline, beats toward the supervisor, and posts what it sees."""
+
+    def __init__(self, post: Callable[[ServerEvent], None], link: Optional[ParentLink]) -> None:
+        self._post = post
+        self._link = link
+        self._closing = False
+        self._parent_gone = False
+        self._loop: Optional[lowlevel.Loop] = None
+        self._wakeup: Optional[tuple[int, int]] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        loop = lowlevel.Loop(reap_any=False)
+        try:
+            r, w = os.pipe()
+            self._wakeup = (r, w)
+            loop.wake_on_readable(r)
+            if self._link is not None:
+                loop.set_lifeline_fd(self._link.lifeline_fd)
+            # Last: from here on a TERM is ours, not the default action.
+            loop.own_signals(SERVER_SIGNALS)
+        except BaseException:
+            loop.close()
+            self._close_wakeup()
+            raise
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="pyse-control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Ends the thread and gives the signals back their old dispositions."""
+        if self._thread is not None:
+            self._closing = True
+            assert self._wakeup is not None
+            os.write(self._wakeup[1], b"x")
+            self._thread.join()
+            self._thread = None
+        if self._loop is not None:
+            # Only now: freeing the loop while the thread waits in it would
+            # pull its memory from under the wait.
+            self._loop.close()
+            self._loop = None
+        self._close_wakeup()
+
+    def _close_wakeup(self) -> None:
+        if self._wakeup is not None:
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        try:
+            while not self._closing:
+                for event in self._loop.wait(self._next_beat()):
+                    if event.kind is EventKind.SIGNAL:
+                        self._post(("signal", event.status))
+                    elif event.kind is EventKind.PARENT_GONE:
+                        self._report_parent_gone()
+                self._beat()
+        except Exception as e:  # the server must hear of it, or it goes deaf
+            self._post(("control_failed", f"{type(e).__name__}: {e}"))
+
+    def _next_beat(self) -> Optional[float]:
+        if self._link is None or self._parent_gone:
+            return None
+        return self._link.next_beat
+
+    def _beat(self) -> None:
+        if self._link is None or self._parent_gone:
+            return
+        if not self._link.beat_if_due(lowlevel.now()):
+            self._report_parent_gone()
+
+    def _report_parent_gone(self) -> None:
+        if not self._parent_gone:
+            self._parent_gone = True
+            self._post(("parent_gone", lowlevel.now()))
+
+
+class InProcessServer(Server):
+    """Base of the embedded and thread servers: the control thread, the
+    event queue and the reactions to it, and hooks run on fresh threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.events: "queue.SimpleQueue[Optional[ServerEvent]]" = queue.SimpleQueue()
+        self._control: Optional[ControlThread] = None
+        super().__init__(*args, **kwargs)
+
+    def post(self, event: Optional[ServerEvent]) -> None:
+        """Queues an event for the server thread (None ends serve_events)."""
+        self.events.put(event)
+
+    def start_control(self) -> None:
+        self._control = ControlThread(self.post, self.parent_link)
+        self._control.start()
+
+    def stop_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def handle_event(self, event: ServerEvent) -> None:
+        """Reacts to one event; runs on the server thread."""
+        kind = event[0]
+        if kind == "signal":
+            self.logger.debug("Received %s", signal_name(event[1]))
+            self.dispatch_signal(event[1])
+        elif kind == "parent_gone":
+            self.parent_gone(event[1])
+        elif kind == "control_failed":
+            self.logger.error("The control thread failed (%s): stopping, since signals "
+                              "can no longer reach this server", event[1])
+            self.stop(True)
+        else:
+            raise ValueError(f"unknown server event {event!r}")
+
+    def handle_event_logged(self, event: ServerEvent) -> None:
+        try:
+            self.handle_event(event)
+        except Exception:
+            # A user hook (stop, restart, reload_config...) raised: the
+            # server goes on, as a process server does.
+            self.logger.exception("Handling %r raised", event[0])
+
+    def serve_events(self) -> None:
+        """The embedded server's server thread: events until None."""
+        while True:
+            event = self.events.get()
+            if event is None:
+                return
+            self.handle_event_logged(event)
+
+    # Threads cannot be killed: the immediate variants act gracefully.
+    def handle_immediate_stop(self) -> None:
+        self.logger.info("QUIT: %s workers have no immediate stop; stopping gracefully",
+                         self.config.get("worker_type"))
+        self.stop(True)
+
+    def handle_immediate_restart(self) -> None:
+        self.logger.info("HUP: %s workers have no immediate stop; restarting gracefully",
+                         self.config.get("worker_type"))
+        self.restart(True)
+
+    # -- hooks on fresh threads -------------------------------------------
+    def call_in_thread(self, hook: Callable[[], None], what: str) -> threading.Thread:
+        """Runs a worker hook on a new thread, as ServerEngine does: stop()
+        must never run on the thread of run(), and a slow hook must not hold
+        up the server."""
+        def call() -> None:
+            try:
+                hook()
+            except Exception:
+                self.logger.exception("%s raised", what)
+        thread = threading.Thread(target=call, name=f"pyse-{what}", daemon=True)
+        thread.start()
+        return thread
+
+    def dump_worker(self, worker: Worker) -> None:
+        """CONT: the server's sigdump already holds every thread, so a
+        worker's dump() runs only when the user wrote one."""
+        if type(worker).dump is not Worker.dump:
+            self.call_in_thread(worker.dump, f"worker {worker.worker_id} dump()")
