@@ -4,17 +4,23 @@ ServerEngine's (Ruby Logger's) shape::
 
     I, [2026-11-25T10:00:00.123456 #4242]  INFO -- : Worker 0 started
 
-:class:`LogSetup` owns the handler: ``start()``, ``reopen()`` (USR2),
-``apply_config()`` (reload of ``log``/``log_level``), ``after_fork_child()``
-and ``close()``.
+:class:`LogSetup` owns the handler and the fd 1/2 capture: ``start()``,
+``reopen()`` (USR2), ``apply_config()`` (reload of ``log``/``log_level``),
+``after_fork_child()`` and ``close()``.  The file side (one file shared by
+every process, rotation under a lock) is :mod:`pyse.log_file`; the fd 1/2
+side is :mod:`pyse.log_capture`.  docs/logging.md tells the whole story.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from pyse.log_capture import DirectCapture, PipeCapture
+from pyse.log_file import SharedLogFile
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -59,12 +65,71 @@ def level_of(name: str) -> int:
     return LEVELS[name]
 
 
+class SharedFileHandler(logging.Handler):
+    """Writes formatted records into a :class:`SharedLogFile`.
+
+    Its own failures are reported on ``error_fd`` (never on sys.stderr,
+    which may be a capture pipe whose reader is waiting for this very
+    handler)."""
+
+    def __init__(self, log_file: SharedLogFile) -> None:
+        super().__init__()
+        self.file = log_file
+        self.error_fd = 2
+
+    def encode(self, record: logging.LogRecord) -> bytes:
+        return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.file.write_lines([self.encode(record)])
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def emit_lines(self, name: str, level: int, lines: list[str]) -> None:
+        """Captured fd 1/2 output: one record per line, written in one go.
+        Not filtered by log_level: it is the program's output, which
+        ServerEngine's raw redirection never filtered either."""
+        records = [logging.LogRecord(name, level, "", 0, line, None, None) for line in lines]
+        try:
+            self.file.write_lines([self.encode(r) for r in records])
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(records[0])
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        text = f"pyse: could not write to the log {self.file.path}: {error!r}\n"
+        try:
+            os.write(self.error_fd, text.encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass  # nowhere left to report it; the line is lost, the process goes on
+
+    def close(self) -> None:
+        super().close()
+        self.file.close()
+
+
+def threads_allowed(config: dict) -> bool:
+    """Whether the process that starts with this config may run a capture
+    thread: not if it forks (process server, spawn server, supervisor),
+    because a forking process must stay single-threaded."""
+    return config.get("worker_type", "embedded") in ("embedded", "thread") \
+        and not config.get("supervisor")
+
+
 class LogSetup:
     """Builds the logger from a validated configuration."""
 
     def __init__(self, config: dict) -> None:
         self.config = config
         self.handler: Optional[logging.Handler] = None
+        self.capture: Union[DirectCapture, PipeCapture, None] = None
+        self.threads_allowed = threads_allowed(config)
+        self._close_lock = threading.Lock()
         given = config.get("logger")
         if given is not None:
             self.logger = given
@@ -78,9 +143,12 @@ class LogSetup:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
+        """Opens the destination (OSError if it cannot) and starts the
+        capture of fd 1/2 when the log is a file."""
         if self.owned and self.handler is None:
             self.handler = self._make_handler(self.config)
             self.logger.addHandler(self.handler)
+            self._start_capture()
 
     def _make_handler(self, config: dict) -> logging.Handler:
         dest = config.get("log")
@@ -91,37 +159,79 @@ class LogSetup:
         elif hasattr(dest, "write"):
             handler = logging.StreamHandler(dest)
         else:
-            handler = logging.FileHandler(dest, encoding="utf-8")
+            handler = SharedFileHandler(SharedLogFile(
+                os.fspath(dest), int(config.get("log_rotate_size", 1048576)),
+                int(config.get("log_rotate_age", 5))))
         handler.setFormatter(RubyFormatter())
         return handler
 
-    def reopen(self) -> None:
+    def _start_capture(self) -> None:
         handler = self.handler
-        if isinstance(handler, logging.FileHandler):
-            with handler.lock:  # type: ignore[union-attr]
-                old = handler.stream
-                handler.stream = handler._open()
-                if old is not None:
-                    old.close()
+        # Only into a file: capturing fd 2 into a log written to fd 2 loops.
+        if not isinstance(handler, SharedFileHandler):
+            return
+        fds = [fd for fd, key in ((1, "log_stdout"), (2, "log_stderr"))
+               if self.config.get(key, True)]
+        if not fds:
+            return
+        capture: Union[DirectCapture, PipeCapture]
+        if self.threads_allowed:
+            capture = PipeCapture(handler.emit_lines, fds)
+        else:
+            capture = DirectCapture(handler.file, fds)
+        capture.start()
+        self.capture = capture
+        handler.error_fd = capture.saved.get(2, 2)
+
+    def _stop_capture(self) -> None:
+        capture, self.capture = self.capture, None
+        if capture is not None:
+            if isinstance(self.handler, SharedFileHandler):
+                self.handler.error_fd = 2
+            capture.stop()
+
+    def reopen(self) -> None:
+        """USR2: the log file again from its path (logrotate renamed it)."""
+        if isinstance(self.handler, SharedFileHandler):
+            self.handler.file.reopen()
 
     def apply_config(self, config: dict) -> None:
         """Puts a reloaded ``log`` and ``log_level`` into effect; raises
         OSError (changing nothing) when the new log cannot be opened."""
         if not self.owned:
+            self.config = config
             return
         if config.get("log") != self.config.get("log") and self.handler is not None:
             new = self._make_handler(config)
             old = self.handler
+            self._stop_capture()
             self.logger.addHandler(new)
             self.logger.removeHandler(old)
             self.handler = new
             old.close()
+            self.config = config
+            self._start_capture()
         self.logger.setLevel(level_of(config.get("log_level") or "debug"))
         self.config = config
 
-    def after_fork_child(self) -> None:
-        pass
+    def after_fork_child(self, threads_allowed: bool = True) -> None:
+        """In a freshly forked child (a worker; a server under a supervisor):
+        its own lock fd, and its own capture of fd 1/2 (the parent's reader
+        thread, if any, did not come along)."""
+        self.threads_allowed = threads_allowed
+        self._close_lock = threading.Lock()
+        if isinstance(self.handler, SharedFileHandler):
+            self.handler.file.after_fork_child()
+            self.handler.error_fd = 2
+        if self.capture is not None:
+            self.capture.abandon_in_child()
+            self.capture = None
+        self._start_capture()
 
     def close(self) -> None:
-        if self.handler is not None:
-            self.handler.flush()
+        """At exit: the captured fds go back (their last lines logged first),
+        and the handler is flushed.  The log stays open for late records."""
+        with self._close_lock:
+            self._stop_capture()
+            if self.handler is not None:
+                self.handler.flush()

@@ -1,0 +1,211 @@
+"""fd 1 and fd 2 into the log (``log_stdout`` / ``log_stderr``), only when
+the log is a file: sending fd 2 into a log that *is* fd 2 would loop.
+
+Two ways, chosen by whether the process may run threads:
+
+- :class:`DirectCapture`, for a process that forks (the process server, a
+  supervisor), which must stay single-threaded: fd 1/2 are ``dup2``-ed onto
+  the log file's own fd (O_APPEND, so writes land whole at the end), and
+  again whenever the log file reopens (rotation, USR2).  Those bytes arrive
+  raw, without level, time or pid, and are not counted by the rotation lock.
+- :class:`PipeCapture`, for a process that may run threads (a worker, an
+  embedded or thread server): fd 1/2 become pipes read by one thread that
+  turns each line into a log record (``-- stdout:`` / ``-- stderr:``).  The
+  thread only reads and writes the log, never fd 1/2, so it cannot block on
+  its own pipe; a program that prints faster than the log takes it waits in
+  write() (back-pressure), it never deadlocks.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import sys
+import threading
+from typing import Callable, Optional, Sequence
+
+#: a line longer than this is cut into several records
+MAX_LINE = 16384
+READ_SIZE = 65536
+#: fd -> (record name, level) of its captured lines
+STREAMS = {1: ("stdout", logging.INFO), 2: ("stderr", logging.WARNING)}
+
+
+def flush_std_streams() -> None:
+    """Pushes what Python buffered for fd 1/2 out before the fds change."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stream has nothing we could save
+
+
+def line_buffer_std_streams() -> None:
+    # Captured output should reach the log a line at a time, not 8 KiB later.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(line_buffering=True)
+            except (ValueError, OSError):
+                pass  # not a text stream we can change; it still works
+
+
+class DirectCapture:
+    """fd 1/2 point at the log file itself; no thread."""
+
+    def __init__(self, log_file, fds: Sequence[int]) -> None:
+        self.log_file = log_file
+        self.fds = tuple(fds)
+        self.saved: dict[int, int] = {}
+
+    def start(self) -> None:
+        flush_std_streams()
+        for fd in self.fds:
+            self.saved[fd] = os.dup(fd)  # non-inheritable: a worker never gets it
+        self.redirect(self.log_file.fileno())
+        self.log_file.on_reopen = self.redirect
+        line_buffer_std_streams()
+
+    def redirect(self, log_fd: int) -> None:
+        for fd in self.fds:
+            os.dup2(log_fd, fd)
+
+    def stop(self) -> None:
+        flush_std_streams()
+        if self.log_file.on_reopen == self.redirect:
+            self.log_file.on_reopen = None
+        for fd, saved in self.saved.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        self.saved.clear()
+
+    def abandon_in_child(self) -> None:
+        """In a forked child: forget the parent's state, leave fd 1/2 as they are."""
+        if self.log_file.on_reopen == self.redirect:
+            self.log_file.on_reopen = None
+        for saved in self.saved.values():
+            os.close(saved)
+        self.saved.clear()
+
+
+class PipeCapture:
+    """fd 1/2 are pipes; a reader thread turns their lines into records given
+    to ``emit_lines(name, level, lines)``."""
+
+    def __init__(self, emit_lines: Callable[[str, int, list[str]], None],
+                 fds: Sequence[int]) -> None:
+        self.emit_lines = emit_lines
+        self.fds = tuple(fds)
+        self.saved: dict[int, int] = {}
+        self.readers: dict[int, int] = {}     # pipe read end -> captured fd
+        self.partial: dict[int, bytes] = {}
+        self.wake_r = self.wake_w = -1
+        self.thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        flush_std_streams()
+        self.wake_r, self.wake_w = os.pipe()
+        for fd in self.fds:
+            read_end, write_end = os.pipe()
+            os.set_blocking(read_end, False)
+            self.saved[fd] = os.dup(fd)
+            os.dup2(write_end, fd)  # inheritable: child programs write here too
+            os.close(write_end)
+            self.readers[read_end] = fd
+            self.partial[read_end] = b""
+        line_buffer_std_streams()
+        self.thread = threading.Thread(target=self.read_lines, name="pyse-log-capture",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Puts the original fds back, then lets the thread take what is left
+        in the pipes.  A grandchild may still hold a write end, so the thread
+        is told to finish rather than waiting for end of file."""
+        flush_std_streams()
+        for fd, saved in self.saved.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        self.saved.clear()
+        if self.thread is not None:
+            os.write(self.wake_w, b"x")
+            self.thread.join(timeout)
+            if not self.thread.is_alive():
+                self._close_pipes()
+            self.thread = None
+
+    def abandon_in_child(self) -> None:
+        """In a forked child: the reader thread is not here; close the
+        parent's pipe ends and saved fds, leave fd 1/2 as they are."""
+        for saved in self.saved.values():
+            os.close(saved)
+        self.saved.clear()
+        self.thread = None
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for fd in [*self.readers, self.wake_r, self.wake_w]:
+            if fd >= 0:
+                os.close(fd)
+        self.readers.clear()
+        self.wake_r = self.wake_w = -1
+
+    # -- the reader thread ---------------------------------------------------
+    def read_lines(self) -> None:
+        poller = select.poll()
+        for read_end in self.readers:
+            poller.register(read_end, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        open_ends = set(self.readers)
+        while True:
+            events = poller.poll()
+            if any(fd == self.wake_r for fd, _ in events):
+                for read_end in self.readers:
+                    self.drain(read_end, final=True)
+                return
+            for fd, _ in events:
+                if fd in open_ends and not self.drain(fd, final=False):
+                    # every writer closed it: flush the last partial line
+                    poller.unregister(fd)
+                    open_ends.discard(fd)
+                    self.drain(fd, final=True)
+
+    def drain(self, read_end: int, final: bool) -> bool:
+        """Reads what the pipe holds now and emits its whole lines (and, when
+        final, the unterminated rest).  Returns False at end of file."""
+        data = self.partial.get(read_end, b"")
+        alive = True
+        reads = 0
+        # Bounded unless final, so one busy pipe cannot starve the other.
+        while final or reads < 16:
+            reads += 1
+            try:
+                chunk = os.read(read_end, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno != errno.EBADF:
+                    raise
+                alive = False
+                break
+            if not chunk:
+                alive = False
+                break
+            data += chunk
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        while len(rest) > MAX_LINE:
+            lines.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        if final and rest:
+            lines.append(rest)
+            rest = b""
+        self.partial[read_end] = rest
+        if lines:
+            name, level = STREAMS.get(self.readers.get(read_end, 1), STREAMS[1])
+            self.emit_lines(name, level, [line.decode("utf-8", "backslashreplace")
+                                          for line in lines])
+        return alive

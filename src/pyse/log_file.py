@@ -1,0 +1,170 @@
+"""One log file shared by every process of the tree, rotated by size.
+
+Every process (supervisor, server, workers) opens the file itself with
+O_APPEND and writes whole lines.  What makes rotation safe across processes
+is one ``flock`` on a side file, ``<log>.lock``, held around "follow the
+path, check the size, rotate if needed, write":
+
+- the lock file is never renamed, so every process locks the same inode
+  (locking the log itself would not work: after a rename two processes could
+  each hold "the" lock on two different files);
+- under the lock a writer first compares its fd's inode with the path's: if
+  another process rotated (or logrotate renamed the file) it reopens, so no
+  line is written into a file that was already shifted away;
+- the size check and the write happen under the same lock, so a file never
+  grows past ``rotate_size`` unless a single line is longer than that.
+
+flock belongs to an open file description, which fork shares: a child that
+kept its parent's lock fd would "hold" the parent's lock.  So each process
+opens its own lock fd (checked by pid before every write), and the in-process
+lock is re-created in a forked child, where a thread that held it does not
+exist.  See docs/logging.md for why a lock rather than one writer process.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import weakref
+from typing import Callable, Iterable, Optional
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_instances: "weakref.WeakSet[SharedLogFile]" = weakref.WeakSet()
+
+
+class SharedLogFile:
+    """A log file path that rotates at ``rotate_size`` bytes keeping
+    ``rotate_age`` old files (``path.0`` is the newest); 0 for either means
+    never rotate.  ``on_reopen(fd)`` is called (lock held) whenever this
+    process switches to a new file, so fd 1/2 redirections can follow."""
+
+    def __init__(self, path: str, rotate_size: int = 0, rotate_age: int = 0) -> None:
+        # Absolute: a daemon changes directory, and the path must not move.
+        self.path = os.path.abspath(path)
+        self.lock_path = self.path + ".lock"
+        self.rotate_size = int(rotate_size)
+        self.rotate_age = int(rotate_age)
+        self.on_reopen: Optional[Callable[[int], None]] = None
+        self._mutex = threading.Lock()
+        self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        try:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            os.close(self._fd)
+            raise
+        self._lock_pid = os.getpid()
+        _instances.add(self)
+
+    @property
+    def rotates(self) -> bool:
+        return self.rotate_size > 0 and self.rotate_age > 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    # -- writing -------------------------------------------------------------
+    def write_lines(self, lines: Iterable[bytes]) -> None:
+        """Appends each line (newline included) whole, rotating between lines
+        when the next one would take the file past rotate_size."""
+        lines = list(lines)
+        if not lines:
+            return
+        with self._mutex:
+            lock_fd = self._own_lock_fd()
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                self._follow_path()
+                self._append_locked(lines)
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _append_locked(self, lines: list[bytes]) -> None:
+        size = os.fstat(self._fd).st_size
+        chunk: list[bytes] = []
+        pending = 0
+        for line in lines:
+            if self.rotates and size + pending + len(line) > self.rotate_size and size + pending > 0:
+                self._write_all(b"".join(chunk))
+                chunk, pending = [], 0
+                self._rotate_locked()
+                size = 0
+            chunk.append(line)
+            pending += len(line)
+        self._write_all(b"".join(chunk))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def _follow_path(self) -> None:
+        """Reopens when the path no longer names our file: another process
+        rotated it, or logrotate renamed it away."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            self._reopen_locked()
+            return
+        ours = os.fstat(self._fd)
+        if (at_path.st_dev, at_path.st_ino) != (ours.st_dev, ours.st_ino):
+            self._reopen_locked()
+
+    def _rotate_locked(self) -> None:
+        # Oldest first, so each rename lands on a name already moved away;
+        # rename() replaces path.(age-1), which drops the oldest generation.
+        for i in range(self.rotate_age - 2, -1, -1):
+            try:
+                os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+            except FileNotFoundError:
+                pass  # fewer generations than rotate_age so far
+        try:
+            os.rename(self.path, f"{self.path}.0")
+        except FileNotFoundError:
+            pass  # renamed away by logrotate since we followed the path
+        self._reopen_locked()
+
+    # -- reopening -------------------------------------------------------------
+    def reopen(self) -> None:
+        """USR2: switch to whatever file is at the path now (creating it)."""
+        with self._mutex:
+            self._reopen_locked()
+
+    def _reopen_locked(self) -> None:
+        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        old, self._fd = self._fd, fd
+        os.close(old)
+        if self.on_reopen is not None:
+            self.on_reopen(fd)
+
+    def _own_lock_fd(self) -> int:
+        pid = os.getpid()
+        if self._lock_pid != pid:
+            # Forked: the inherited fd shares the parent's lock.  Closing our
+            # copy leaves the parent's description (and any lock on it) alone.
+            os.close(self._lock_fd)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._lock_pid = pid
+        return self._lock_fd
+
+    def after_fork_child(self) -> None:
+        with self._mutex:
+            self._own_lock_fd()
+
+    def close(self) -> None:
+        with self._mutex:
+            for fd in (self._fd, self._lock_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = self._lock_fd = -1
+        _instances.discard(self)
+
+
+def _reinit_mutexes_in_child() -> None:
+    # A thread of the parent may have held a mutex at fork; it does not exist
+    # here, so the mutex would stay locked forever.
+    for log_file in list(_instances):
+        log_file._mutex = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_mutexes_in_child)

@@ -1,0 +1,70 @@
+"""Runs tests/programs/log_writer.py (a process server writing to a log
+file) and reads its events and log files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import helpers
+
+PROGRAM = Path(__file__).parent / "programs" / "log_writer.py"
+
+
+class LogWriterRun:
+    def __init__(self, tmp_path: Path, config: dict, env: Optional[dict] = None) -> None:
+        self.dir = tmp_path
+        self.config_path = tmp_path / "config.json"
+        self.events_path = tmp_path / "events.log"
+        self.log_path = tmp_path / "server.log"
+        self.outer_path = tmp_path / "outer.out"
+        base = {"worker_type": "process", "log_level": "debug", "log": str(self.log_path)}
+        base.update(config)
+        self.config_path.write_text(json.dumps(base))
+        self.events_path.touch()
+        full_env = helpers.marked_env({"PYSE_TEST_EVENTS": str(self.events_path)})
+        full_env.update(env or {})
+        self.outer = open(self.outer_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(PROGRAM), str(self.config_path)],
+                                     env=full_env, stdout=self.outer, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def events(self, event: str) -> list[tuple[int, int]]:
+        """(worker id, pid) of each recorded ``event``."""
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            name, wid, pid = line.split()
+            if name == event:
+                out.append((int(wid), int(pid)))
+        return out
+
+    def wait_events(self, event: str, count: int, timeout: float) -> list[tuple[int, int]]:
+        return helpers.wait_for(lambda: (lambda es: es if len(es) >= count else None)(
+            self.events(event)), timeout, what=f"{count} {event!r} events")
+
+    def log_files(self) -> list[Path]:
+        """The log and its rotated generations, oldest first."""
+        rotated = sorted(self.dir.glob("server.log.[0-9]*"),
+                         key=lambda p: int(p.name.rsplit(".", 1)[1]), reverse=True)
+        return rotated + ([self.log_path] if self.log_path.exists() else [])
+
+    def all_log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.log_files())
+
+    def wait_log(self, text: str, timeout: float, path: Optional[Path] = None) -> None:
+        path = path or self.log_path
+        helpers.wait_for(lambda: path.exists() and text in path.read_text(errors="replace"),
+                         timeout, what=f"{text!r} in {path.name}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        os.kill(self.pid, 15)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        helpers.kill_group(self.pid)
+        self.proc.wait(10)
+        self.outer.close()
