@@ -1,17 +1,35 @@
 """The top of the process tree: ``pyse.create()`` and :class:`Daemon`.
 
-The daemon validates the configuration before anything forks, sets up
-logging, then becomes the server (or, with ``supervisor: true``, the
-supervisor of a server process).
+The daemon validates the configuration before anything forks, then, in this
+order (SPEC section 6):
+
+1. with ``daemonize``: double fork and ``setsid``; the launching process
+   waits on a ready pipe and exits only once the daemon is up;
+2. the pid file (``pid_path``) is reserved (refused while a live daemon
+   holds it, see :mod:`pyse.pidfile`);
+3. the process title (``daemon_process_name``), then ``chuser``/``chgroup``/
+   ``chumask`` (after daemonizing, before the server exists, in both modes);
+4. logging, then the server, or with ``supervisor: true`` the supervisor of
+   a server process (:mod:`pyse.supervisor`).
+
+"Up" means: the server's ``before_run()`` returned (under a supervisor: the
+first server process's ``before_run()``).  Only then is the pid file
+published (by the launcher when daemonized, by the process itself otherwise)
+and does the launcher exit 0.  A failure before that point (a bad log path,
+a pid file in use, a failing privilege drop, ``initialize()`` or
+``before_run()`` raising) makes the launcher print the error on its stderr
+and exit with ``daemonize_error_exit_code``.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import signal
+import sys
 from typing import Any, Optional
 
 from pyse import config as config_mod
+from pyse import pidfile
 from pyse.server import ConfigSource, Server
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
                           IMMEDIATE_STOP, RELOAD)
@@ -41,6 +59,40 @@ def create(server_module: Optional[type], worker_module: type,
     return Daemon(server_module, worker_module, config)
 
 
+class StartupError(RuntimeError):
+    """The daemon could not start; the message is what the launcher prints."""
+
+
+class ReadyPipe:
+    """The daemon's side of the pipe its launcher waits on.  One line each:
+    ``pid N`` at once, then ``ok`` or ``error <message>``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, line: str) -> None:
+        if self.fd < 0:
+            return
+        data = (line.replace("\n", " ") + "\n").encode("utf-8", "backslashreplace")
+        try:
+            os.write(self.fd, data)
+        except BrokenPipeError:
+            pass  # the launcher is gone (killed): nobody is waiting any more
+
+    def ready(self) -> None:
+        self.send("ok")
+        self.close()
+
+    def failed(self, message: str) -> None:
+        self.send("error " + message)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Daemon:
     def __init__(self, server_module: Optional[type], worker_module: type,
                  config: Optional[ConfigSource] = None) -> None:
@@ -55,29 +107,203 @@ class Daemon:
         self.worker_class = mix_in(worker_module, Worker, "worker")
         self.server_class = mix_in(server_module, server_base_class(self.config["worker_type"]),
                                    "server")
+        #: the running daemon's pid (the supervisor's, with supervisor: true)
         self.pid: Optional[int] = None
+        #: the Server, or the Supervisor with supervisor: true
         self.server: Optional[Server] = None
+        self._pid_file: Optional[pidfile.PidFile] = None
 
     # -- running -------------------------------------------------------------
     def main(self) -> int:
-        """Runs the server in this process; returns its exit status."""
-        from pyse.logger import LogSetup
-
-        log_setup = LogSetup(self.config)
-        log_setup.start()
+        """Runs the daemon; returns its exit status (with ``daemonize``, the
+        launcher's: 0 once the daemon is up)."""
+        error_code = int(self.config["daemonize_error_exit_code"])
         try:
-            for key, likely in config_mod.near_misses(self.config):
-                log_setup.logger.warning("Unknown config key %r: did you mean %r?", key, likely)
-            self.pid = os.getpid()
-            self.server = self.server_class(self.worker_class, self.config_source, self.config,
-                                            log_setup)
-            return self.server.main()
-        finally:
-            log_setup.close()
+            pid_file = self.reserve_pid_file()
+        except pidfile.PidFileError as e:
+            report_startup_error(str(e))
+            return error_code
+        if self.config["daemonize"]:
+            return self.launch(pid_file, error_code)
+        self.pid = os.getpid()
+        if pid_file is not None:
+            try:
+                pid_file.publish(self.pid)
+            except (OSError, pidfile.PidFileError) as e:
+                pid_file.abandon()
+                report_startup_error(f"pid file {pid_file.path!r}: {e}")
+                return error_code
+        try:
+            return self.serve(None)
+        except StartupError as e:
+            report_startup_error(str(e))
+            return error_code
 
     def run(self) -> None:
-        """Runs the server and ends the process with its exit status."""
+        """Runs the daemon and ends the process with its exit status."""
         raise SystemExit(self.main())
+
+    def reserve_pid_file(self) -> Optional[pidfile.PidFile]:
+        path = self.config.get("pid_path")
+        if not path:
+            return None
+        pid_file = pidfile.PidFile(os.fspath(path))
+        pid_file.reserve()
+        self._pid_file = pid_file
+        return pid_file
+
+    def serve(self, ready: Optional[ReadyPipe]) -> int:
+        """In the daemon process: privileges, logging, the server (or the
+        supervisor); returns the exit status.  StartupError for what fails
+        before the server is up; the ready pipe, if any, hears about it."""
+        from pyse.logger import LogSetup
+
+        set_process_name(self.config.get("daemon_process_name"))
+        try:
+            drop_privileges(self.config)
+            log_setup = LogSetup(self.config)
+            try:
+                log_setup.start()
+            except OSError as e:
+                raise StartupError(f"cannot open the log {self.config.get('log')!r}: "
+                                   f"{e.strerror or e}") from e
+        except StartupError as e:
+            self.finish_pid_file(None)
+            if ready is not None:
+                ready.failed(str(e))
+            raise
+        try:
+            return self.serve_logged(log_setup, ready)
+        finally:
+            self.finish_pid_file(log_setup.logger)
+            log_setup.close()
+
+    def serve_logged(self, log_setup: Any, ready: Optional[ReadyPipe]) -> int:
+        logger = log_setup.logger
+        for key, likely in config_mod.near_misses(self.config):
+            logger.warning("Unknown config key %r: did you mean %r?", key, likely)
+        pid_file = self._pid_file
+        if pid_file is not None and pid_file.had_stale_file:
+            logger.warning("Replaced a stale pid file %s (it named pid %s, which no longer "
+                           "held its lock)", pid_file.path, pid_file.stale_pid)
+        private_fds = [pid_file.fd] if pid_file is not None and pid_file.fd >= 0 else []
+        try:
+            self.server = self.build_top(log_setup, ready, private_fds)
+        except Exception as e:
+            logger.exception("Creating the server failed")
+            if ready is not None:
+                ready.failed(f"creating the server failed: {type(e).__name__}: {e}")
+                return int(self.config["daemonize_error_exit_code"])
+            raise
+        if ready is not None:
+            return self.run_reporting(self.server, ready)
+        return self.server.main()
+
+    def build_top(self, log_setup: Any, ready: Optional[ReadyPipe],
+                  private_fds: list[int]) -> Server:
+        """The server, or its supervisor."""
+        if self.config["supervisor"]:
+            from pyse.supervisor import Supervisor
+
+            return Supervisor(self.server_class, self.worker_class, self.config_source,
+                              self.config, log_setup, ready=ready, private_fds=private_fds)
+        server = self.server_class(self.worker_class, self.config_source, self.config, log_setup)
+        # Workers must not keep the pid file's lock (it means: the daemon lives).
+        server.private_fds = list(getattr(server, "private_fds", [])) + private_fds
+        if ready is not None:
+            server.when_ready = ready.ready
+        return server
+
+    def run_reporting(self, server: Server, ready: ReadyPipe) -> int:
+        """server.main(), telling the launcher if it fails before it is up."""
+        try:
+            return server.main()
+        except Exception as e:
+            if ready.fd >= 0:
+                server.logger.exception("The server failed to start")
+                ready.failed(f"{type(e).__name__}: {e}")
+                return int(self.config["daemonize_error_exit_code"])
+            raise
+        finally:
+            if ready.fd >= 0:  # it returned without ever being up
+                ready.failed("the server exited during its start")
+
+    # -- daemonizing -----------------------------------------------------------
+    def launch(self, pid_file: Optional[pidfile.PidFile], error_code: int) -> int:
+        """The launcher's side of ``daemonize``: double fork, then wait until
+        the daemon is up (0) or failed (error_code, reason on stderr)."""
+        read_fd, write_fd = os.pipe()
+        flush_stdio()
+        pid = os.fork()
+        if pid == 0:
+            self.intermediate(read_fd, write_fd, pid_file, error_code)
+        os.close(write_fd)
+        # The intermediate exits at once; reap it so no zombie stays behind.
+        os.waitpid(pid, 0)
+        with os.fdopen(read_fd, "rb") as reader:
+            daemon_pid, outcome = read_ready(reader)
+        if outcome != "ok":
+            if pid_file is not None:
+                pid_file.abandon()
+            report_startup_error(outcome or "the daemon exited during its start (see its log)")
+            return error_code
+        self.pid = daemon_pid
+        if pid_file is not None:
+            try:
+                pid_file.publish(daemon_pid)
+            except (OSError, pidfile.PidFileError) as e:
+                # Lost a race with another start: ours must not run unannounced.
+                pid_file.abandon()
+                os.kill(daemon_pid, GRACEFUL_STOP)
+                report_startup_error(f"pid file {pid_file.path!r}: {e}")
+                return error_code
+            pid_file.close()  # the daemon keeps the lock
+        return 0
+
+    def intermediate(self, read_fd: int, write_fd: int, pid_file: Optional[pidfile.PidFile],
+                     error_code: int) -> None:
+        """The first child: a new session, then the daemon; never returns."""
+        code = error_code
+        try:
+            os.close(read_fd)
+            os.setsid()
+            if os.fork() == 0:
+                self.daemon_process(write_fd, pid_file, error_code)
+            code = 0
+        finally:
+            os._exit(code)
+
+    def daemon_process(self, write_fd: int, pid_file: Optional[pidfile.PidFile],
+                       error_code: int) -> None:
+        """The daemon (the grandchild): serves, then exits; never returns."""
+        code = error_code
+        ready = ReadyPipe(write_fd)
+        try:
+            self.pid = os.getpid()
+            ready.send(f"pid {self.pid}")
+            if pid_file is not None:
+                pid_file.adopt_in_daemon()
+            redirect_stdio_to_null()
+            code = self.serve(ready)
+        except StartupError as e:
+            ready.failed(str(e))
+        except BaseException as e:
+            ready.failed(f"{type(e).__name__}: {e}")
+            if isinstance(e, SystemExit) and isinstance(e.code, int):
+                code = e.code
+        finally:
+            ready.close()
+            flush_stdio()
+            os._exit(code)
+
+    def finish_pid_file(self, logger: Any) -> None:
+        """A clean exit of the daemon: the pid file goes."""
+        pid_file, self._pid_file = self._pid_file, None
+        if pid_file is None:
+            return
+        problem = pid_file.remove()
+        if problem and logger is not None:
+            logger.warning("%s", problem)
 
     # -- controlling a running daemon -----------------------------------------
     def stop(self, graceful: bool = True) -> None:
@@ -99,15 +325,75 @@ class Daemon:
         os.kill(self.running_pid(), signo)
 
     def running_pid(self) -> int:
-        """The daemon's pid: this object's own run, or the pid file's."""
+        """The daemon's pid: this object's own run, or else the pid file's,
+        if a live daemon holds it (RuntimeError otherwise)."""
         if self.pid is not None:
             return self.pid
         path = self.config.get("pid_path")
         if not path:
             raise RuntimeError("this daemon was not started here and has no pid_path to find it by")
-        with open(path) as f:
-            text = f.read().strip()
         try:
-            return int(text)
-        except ValueError:
-            raise RuntimeError(f"pid file {path!r} does not hold a pid: {text[:40]!r}") from None
+            return pidfile.running_pid(os.fspath(path))
+        except pidfile.PidFileError as e:
+            raise RuntimeError(str(e)) from None
+
+
+def report_startup_error(message: str) -> None:
+    try:
+        sys.stderr.write(f"pyse: cannot start: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # no stderr to write to; the exit status still says it
+
+
+def set_process_name(name: Optional[str]) -> None:
+    if name:
+        import setproctitle
+
+        setproctitle.setproctitle(name)
+
+
+def drop_privileges(config: dict) -> None:
+    user, group, umask = config.get("chuser"), config.get("chgroup"), config.get("chumask")
+    if user is None and group is None and umask is None:
+        return
+    from pyse import privilege
+
+    try:
+        privilege.change(user, group, umask)
+    except privilege.PrivilegeError as e:
+        raise StartupError(f"chuser {user!r} / chgroup {group!r}: {e}") from e
+
+
+def read_ready(reader: Any) -> tuple[int, str]:
+    """(daemon pid, "ok" or the error message or "" at end of file)."""
+    daemon_pid = 0
+    for raw in reader:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        word, _, rest = line.partition(" ")
+        if word == "pid":
+            daemon_pid = int(rest)
+        elif word == "ok":
+            return daemon_pid, "ok"
+        elif word == "error":
+            return daemon_pid, rest
+    return daemon_pid, ""
+
+
+def flush_stdio() -> None:
+    """Before a fork: buffered output must not be written twice."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # closed or replaced by the program: nothing buffered to lose
+
+
+def redirect_stdio_to_null() -> None:
+    """The daemon has no terminal: fds 0, 1 and 2 go to /dev/null (logging
+    may then capture 1 and 2 into the log file)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)

@@ -33,6 +33,8 @@ class Server:
         self.stop_status: Optional[int] = None
         #: the heartbeat/lifeline toward a supervisor, when there is one
         self.parent_link: Optional[ParentLink] = None
+        #: called once, after before_run() returned (set by the daemon/supervisor)
+        self.when_ready: Optional[Callable[[], None]] = None
         self.initialize()
 
     # -- user hooks --------------------------------------------------------
@@ -60,14 +62,22 @@ class Server:
 
     def reload(self) -> None:
         self.logger.info("Received reload")
-        self.reload_config()
+        if self.config.get("disable_reload"):
+            self.logger.info("disable_reload is set: keeping the running configuration")
+        else:
+            self.reload_config()
         self.reopen_log()
 
     def dump(self) -> None:
         if not self.config.get("disable_sigdump"):
             from pyse import sigdump
 
-            path = sigdump.dump()
+            try:
+                path = sigdump.dump()
+            except OSError as e:
+                # A planted symlink or foreign file must not take the server down.
+                self.logger.error("No sigdump written: %s", e)
+                return
             self.logger.info("Wrote sigdump to %s", path)
 
     def reload_config(self) -> None:
@@ -153,6 +163,10 @@ class Server:
     def main(self) -> int:
         """before_run, run, after_run; returns the exit status."""
         self.before_run()
+        if self.when_ready is not None:
+            # The server counts as up once before_run() returned: the daemon's
+            # launcher and the supervisor wait for this (see pyse.daemon).
+            self.when_ready()
         try:
             self.run()
         finally:
