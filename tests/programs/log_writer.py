@@ -11,6 +11,7 @@ Test-only config keys:
       child program that writes to both, then records "done";
   test_flood_bytes: each worker prints this many bytes in 100-byte lines,
       then records "done".
+stop() print()s "last words of worker <id>" without a newline or a flush.
 The server print()s and os.write()s to fd 1 in before_run, and os.write()s
 "server raw at reload" at every reload.
 """
@@ -75,6 +76,8 @@ class WriterWorker:
             pass
 
     def stop(self):
+        # No newline, no flush: the capture must still log it as the worker exits.
+        print(f"last words of worker {self.worker_id}", end="")
         self.flag.set()
 
     def reload(self):

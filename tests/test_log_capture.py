@@ -1,0 +1,126 @@
+"""fd 1 and fd 2 into the log (log_stdout / log_stderr, issue 5): print(),
+os.write() and child programs of workers land line by line as records; the
+forking server stays single-threaded; a flood of output never blocks."""
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+import time
+
+import pytest
+
+import helpers
+from log_harness import LogWriterRun
+
+
+@pytest.fixture
+def start_run(tmp_path):
+    runs = []
+
+    def start(config, **kw):
+        run = LogWriterRun(tmp_path, config, **kw)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.close()
+
+
+def record_line(pid: int, severity: str, name: str, text: str) -> str:
+    return rf"^{severity[0]}, \[\S+ #{pid}\] +{severity} -- {name}: {re.escape(text)}$"
+
+
+@pytest.mark.timeout(60)
+def test_print_fd_writes_and_child_programs_of_workers_reach_the_log(start_run):
+    run = start_run({"workers": 2, "test_output": True})
+    done = dict(run.wait_events("done", 2, 30))
+    # The server stays single-threaded: no capture thread in a forking process.
+    assert len(os.listdir(f"/proc/{run.pid}/task")) == 1
+    assert run.stop() == 0
+    log = run.log_path.read_text()
+    for wid, pid in done.items():
+        for severity, name, text in [
+                ("INFO", "stdout", f"print from worker {wid}"),
+                ("INFO", "stdout", f"fd1 from worker {wid}"),
+                ("WARN", "stderr", f"fd2 from worker {wid}"),
+                ("INFO", "stdout", f"child stdout of worker {wid}"),
+                ("WARN", "stderr", f"child stderr of worker {wid}"),
+                # printed in stop() without newline or flush: logged at exit
+                ("INFO", "stdout", f"last words of worker {wid}")]:
+            assert re.search(record_line(pid, severity, name, text), log, re.M), text
+    # The server's own fd 1 goes into the file raw (see docs/logging.md).
+    assert re.search(r"^server print in before_run$", log, re.M)
+    assert re.search(r"^server raw in before_run$", log, re.M)
+    assert run.outer_path.read_text() == "", "nothing went to the original stdout"
+
+
+@pytest.mark.timeout(60)
+def test_no_capture_when_the_log_is_stderr(start_run):
+    """log on stderr: capturing fd 2 into it would loop, so fd 1/2 stay."""
+    run = start_run({"workers": 1, "test_output": True, "log": None})
+    run.wait_events("done", 1, 30)
+    assert run.stop() == 0
+    out = run.outer_path.read_text()
+    assert re.search(r"^print from worker 0$", out, re.M)
+    assert re.search(r"^fd2 from worker 0$", out, re.M)
+    assert re.search(r"^I, \[\S+ #\d+\] +INFO -- : Worker 0 started", out, re.M)
+    assert not run.log_path.exists()
+
+
+@pytest.mark.timeout(60)
+def test_log_stdout_false_leaves_fd1_alone(start_run):
+    run = start_run({"workers": 1, "test_output": True, "log_stdout": False})
+    run.wait_events("done", 1, 30)
+    assert run.stop() == 0
+    log, out = run.log_path.read_text(), run.outer_path.read_text()
+    assert "print from worker 0" in out and "print from worker 0" not in log
+    assert "fd2 from worker 0" in log and "fd2 from worker 0" not in out
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_printing_10mb_does_not_block(start_run):
+    size = 10_000_000
+    started = time.monotonic()
+    run = start_run({"workers": 1, "test_flood_bytes": size,
+                     "log_rotate_size": 4 << 20, "log_rotate_age": 10})
+    # Generous: a blocked worker never gets there at all.
+    run.wait_events("done", 1, 120)
+    elapsed = time.monotonic() - started
+    assert run.stop() == 0
+    flood_line = "-- stdout: " + "f" * 99 + "\n"
+    count = sum(p.read_text().count(flood_line) for p in run.log_files())
+    assert count == size // 100
+    print(f"10 MB printed and logged in {elapsed:.2f} s over {len(run.log_files())} files")
+
+
+@pytest.mark.timeout(60)
+def test_embedded_server_captures_through_a_thread(tmp_path):
+    """A server that does not fork may run the reader thread itself: its
+    print() lines become records too."""
+    log = tmp_path / "embedded.log"
+    proc = helpers.start_python(textwrap.dedent(f"""
+        import os, pyse
+        class W:
+            def initialize(self):
+                self.flag = pyse.BlockingFlag()
+            def run(self):
+                print("print from the embedded worker")
+                os.write(2, b"fd2 from the embedded worker\\n")
+                os.kill(os.getpid(), 15)
+                self.flag.wait_for_set(20)
+            def stop(self):
+                self.flag.set()
+        pyse.create(None, W, {{"log": {str(log)!r}}}).main()
+        print("after main: fd 1 is back")
+    """), tmp_path, stdout=tmp_path / "out.txt")
+    with helpers.killing_group(proc):
+        proc.wait(30)
+    text = log.read_text()
+    pid = proc.pid
+    assert re.search(record_line(pid, "INFO", "stdout", "print from the embedded worker"),
+                     text, re.M), text
+    assert re.search(record_line(pid, "WARN", "stderr", "fd2 from the embedded worker"),
+                     text, re.M), text
+    assert "after main: fd 1 is back" in (tmp_path / "out.txt").read_text()
