@@ -196,7 +196,8 @@ class InProcessServer(Server):
                 hook()
             except Exception:
                 self.logger.exception("%s raised", what)
-        thread = threading.Thread(target=call, name=f"pyse-{what}", daemon=True)
+        name = "pyse-" + what.replace("()", "").replace(" ", "-")   # "pyse-worker-0-stop"
+        thread = threading.Thread(target=call, name=name, daemon=True)
         thread.start()
         return thread
 

@@ -1,0 +1,95 @@
+"""recorder.py's workers, plus a server module that records its overridable
+hooks (reload_config, stop, restart, each calling super()), for every
+worker type.  Lines go to $PYSE_TEST_EVENTS as in recorder.py.
+
+Usage: python hook_recorder.py CONFIG.json
+       python hook_recorder.py --child WORKER_ID   (the spawned command)
+
+Test-only config keys besides recorder.py's: test_raise_once (worker 0's
+first run() raises), test_block (run() blocks in one wait with no
+timeout until stop()), test_spawn_beat (the spawned command writes one
+heartbeat, then goes silent).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
+gives the server a ParentLink, as a supervisor would.
+"""
+import os
+import signal
+import sys
+import threading
+
+import pyse
+from pyse.parent_link import ParentLink
+from recorder import RecordingServer, RecordingWorker, load_config, record
+
+
+class HookServer(RecordingServer):
+    def initialize(self):
+        record("server_initialize", -1)
+        link = os.environ.get("PYSE_TEST_LINK")
+        if link:
+            heartbeat_fd, lifeline_fd = map(int, link.split(","))
+            self.parent_link = ParentLink(os.getppid(), heartbeat_fd, lifeline_fd,
+                                          float(self.config.get("server_heartbeat_interval", 1.0)))
+
+    def reload_config(self):
+        record("reload_config", -1)
+        super().reload_config()
+        record(f"config_workers_{self.config['workers']}", -1)
+
+    def stop(self, stop_graceful):
+        record("server_stop_graceful" if stop_graceful else "server_stop_immediate", -1)
+        super().stop(stop_graceful)
+
+    def restart(self, stop_graceful):
+        record("server_restart", -1)
+        super().restart(stop_graceful)
+
+
+class HookWorker(RecordingWorker):
+    raised = False
+
+    def run(self):
+        record(f"run_thread_{threading.current_thread().name}", self.worker_id)
+        if self.config.get("test_raise_once") and self.worker_id == 0 and not HookWorker.raised:
+            HookWorker.raised = True
+            record("run", self.worker_id)
+            raise RuntimeError("first run fails")
+        if self.config.get("test_block"):
+            # One C-level wait with no timeout: only stop() can end it.
+            record("run", self.worker_id)
+            self.flag.wait_for_set()
+            record("return", self.worker_id)
+            return
+        super().run()
+
+    def stop(self):
+        record(f"stop_thread_{threading.current_thread().name}", self.worker_id)
+        super().stop()
+
+    def spawn(self, process_manager):
+        record("spawn", self.worker_id)
+        env = {"TEST_BEAT": "1" if self.config.get("test_spawn_beat") else ""}
+        process_manager.spawn(env, sys.executable, os.path.abspath(__file__), "--child",
+                              str(self.worker_id))
+
+
+def child_main(worker_id):
+    """The spawned command: records like a worker; TERM ends it, USR1 is its
+    reload signal in the tests."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: (record("stop", worker_id), done.set()))
+    signal.signal(signal.SIGUSR1, lambda *a: record("reload", worker_id))
+    heartbeat_fd = os.environ.get("PYSE_HEARTBEAT_FD")
+    record("run", worker_id)
+    record(f"heartbeat_fd_{heartbeat_fd}", worker_id)
+    if os.environ.get("TEST_BEAT"):
+        os.write(int(heartbeat_fd), b".")
+    while not done.wait(0.5):
+        pass
+    record("return", worker_id)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--child":
+        child_main(int(sys.argv[2]))
+    else:
+        pyse.create(HookServer, HookWorker, load_config).run()
