@@ -1,0 +1,98 @@
+"""A process server for daemon and supervisor tests.  Records what happens
+into $PYSE_TEST_EVENTS, one line per event:
+
+    <event> <worker id or -1> <pid> <CLOCK_MONOTONIC seconds> [detail]
+
+Server events: initialize, before_run, after_start (recorded by the process
+that runs the hook, so after_start carries the supervisor's pid and the
+server's pid as detail), after_run.  Worker events: run, stop, reload,
+return, ids (detail: "uid gid umask setuid0=<ok|refused>").
+
+Usage: python supervised.py CONFIG.json  (re-read at every reload/restart).
+Test-only config keys: test_stop_delay (seconds a worker's run() keeps
+going after stop()), test_before_run ("raise": before_run raises; a number:
+sleeps that long first), test_control ("stop", "reload", ...: instead of
+running a daemon, call that Daemon method on the running one and exit).
+"""
+import json
+import os
+import sys
+import time
+
+import pyse
+
+EVENTS = os.environ["PYSE_TEST_EVENTS"]
+
+
+def record(event, worker_id, detail=""):
+    line = f"{event} {worker_id} {os.getpid()} {time.monotonic():.6f} {detail}".rstrip() + "\n"
+    fd = os.open(EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+class TestServer:
+    def initialize(self):
+        record("initialize", -1)
+
+    def before_run(self):
+        mode = self.config.get("test_before_run")
+        if mode == "raise":
+            raise RuntimeError("before_run failed on purpose")
+        if isinstance(mode, (int, float)):
+            time.sleep(mode)
+        record("before_run", -1)
+
+    def after_start(self):
+        record("after_start", -1)
+
+    def after_run(self):
+        record("after_run", -1)
+
+
+def ids():
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.setuid(0)
+        regained = "ok"
+    except PermissionError:
+        regained = "refused"
+    return f"{os.getuid()} {os.getgid()} {mask:o} setuid0={regained}"
+
+
+class TestWorker:
+    def initialize(self):
+        self.flag = pyse.BlockingFlag()
+
+    def run(self):
+        record("run", self.worker_id)
+        record("ids", self.worker_id, ids())
+        while not self.flag.wait_for_set(0.5):
+            pass
+        time.sleep(float(self.config.get("test_stop_delay", 0)))
+        record("return", self.worker_id)
+
+    def stop(self):
+        record("stop", self.worker_id)
+        self.flag.set()
+
+    def reload(self):
+        record("reload", self.worker_id)
+
+
+def load_config():
+    with open(sys.argv[1]) as f:
+        return json.load(f)
+
+
+if __name__ == "__main__":
+    daemon = pyse.create(TestServer, TestWorker, load_config)
+    control = load_config().get("test_control")
+    if control:
+        getattr(daemon, control)()
+        print(f"sent {control} to {daemon.running_pid()}")
+        sys.exit(0)
+    daemon.run()

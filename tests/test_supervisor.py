@@ -1,0 +1,221 @@
+"""supervisor: true, end to end: supervisor -> server -> process workers, in
+real processes (issue 6)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import helpers
+from supervised_harness import (SupervisedRun, become_subreaper, reap, reap_zombie_children,
+                                title, wait_until)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def subreaper():
+    become_subreaper()
+
+
+@pytest.fixture
+def start(tmp_path):
+    runs = []
+
+    def start_run(config, **kw):
+        base = {"supervisor": True, "workers": 2, "server_restart_wait": 0.2}
+        base.update(config)
+        run = SupervisedRun(tmp_path, base, **kw)
+        runs.append(run)
+        return run
+
+    yield start_run
+    for run in runs:
+        run.close()
+
+
+def test_tree_names_and_after_start(start):
+    run = start({"daemon_process_name": "se-sup", "server_process_name": "se-server",
+                 "worker_process_name": "se-worker-%d"})
+    server, workers = run.wait_tree(run.pid, 2)
+    assert title(run.pid) == "se-sup"
+    assert title(server) == "se-server"
+    assert sorted(title(w) for w in workers) == ["se-worker-0", "se-worker-1"]
+    # initialize() and after_start() run in the supervisor, before_run() in the server.
+    (after_start,) = run.wait_record("after_start")
+    assert after_start.pid == run.pid
+    assert run.of("initialize")[0].pid == run.pid
+    assert run.of("before_run")[0].pid == server
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait_exit(20) == 0
+    assert not run.members()
+    assert "Server (pid %d) finished with status 0" % server in run.log()
+
+
+def test_sigkilled_server_is_restarted_after_server_restart_wait(start):
+    wait = 1.5
+    run = start({"server_restart_wait": wait})
+    server, workers = run.wait_tree(run.pid, 2)
+    first_start = run.of("before_run")[0].time
+    # Wait past the restart wait since the last start: then the restart is
+    # immediate (it counts from the last start, not from the death).
+    killed = time.monotonic()
+    assert killed - first_start < wait, "the test machine is too slow for this timing"
+    os.kill(server, signal.SIGKILL)
+    new_server, new_workers = wait_until(
+        lambda: (lambda t: t if t[0] != server else None)(run.wait_tree(run.pid, 2)),
+        20, "a new server")
+    restarted = run.of("before_run")[1]
+    assert restarted.pid == new_server
+    delay = restarted.time - first_start
+    print(f"server restarted {delay:.3f} s after its previous start (wait {wait} s)")
+    assert wait - 0.05 <= delay < wait + 3.0
+    assert "Server (pid %d) finished unexpectedly with signal SIGKILL" % server in run.log()
+    for pid in workers:   # the old server's workers noticed and went away
+        reap(pid, 10)
+    assert not set(workers) & set(new_workers)
+
+
+def test_signals_reach_the_server_and_workers(start):
+    run = start({})
+    server, workers = run.wait_tree(run.pid, 2)
+    os.kill(run.pid, signal.SIGUSR2)
+    reloads = run.wait_record("reload", 2)
+    assert {r.pid for r in reloads} == set(workers)
+    # USR1 without restart_server_process: same server, new workers.
+    os.kill(run.pid, signal.SIGUSR1)
+    run.wait_record("run", 4)
+    server2, workers2 = run.wait_tree(run.pid, 2)
+    assert server2 == server and not set(workers2) & set(workers)
+    os.kill(run.pid, signal.SIGCONT)
+    run.wait_log("Server pid %d: current, up" % server)
+    os.kill(run.pid, signal.SIGQUIT)
+    assert run.wait_exit(20) == 0
+    assert not run.members()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGUSR1, signal.SIGHUP])
+def test_restart_server_process(start, signo):
+    run = start({"restart_server_process": True})
+    server, workers = run.wait_tree(run.pid, 2)
+    os.kill(run.pid, signo)
+    new_server, _ = wait_until(
+        lambda: (lambda t: t if t[0] != server else None)(run.wait_tree(run.pid, 2)),
+        20, "a new server process")
+    assert new_server != server
+    run.wait_log("Restarting the server process (pid %d)" % server)
+    assert "finished unexpectedly" not in run.log()
+
+
+@pytest.mark.parametrize("disable", [False, True])
+def test_disable_reload(start, disable):
+    config = {"workers": 1, "disable_reload": disable}
+    run = start(config)
+    run.wait_tree(run.pid, 1)
+    run.write_config(dict(config, supervisor=True, workers=2, server_restart_wait=0.2))
+    os.kill(run.pid, signal.SIGUSR2)
+    run.wait_record("reload", 1)
+    if disable:
+        run.wait_log("disable_reload is set: keeping the running configuration", count=2)
+        time.sleep(0.5)  # a second worker would start at once; give it the chance
+        assert len(run.of("run")) == 1
+    else:
+        run.wait_record("run", 2)
+
+
+def test_live_restart_overlaps_a_slow_old_server(start):
+    detach_wait = 0.5
+    stop_delay = 3.0
+    run = start({"server_detach_wait": detach_wait, "test_stop_delay": stop_delay})
+    old, old_workers = run.wait_tree(run.pid, 2)
+    sent = time.monotonic()
+    os.kill(run.pid, signal.SIGINT)
+    new_before_run = wait_until(
+        lambda: [r for r in run.of("before_run") if r.pid != old], 20, "the new server")[0]
+    assert helpers.is_running(old), "the old server still finishes its work"
+    overlap_from = new_before_run.time - sent
+    assert detach_wait - 0.05 <= overlap_from < detach_wait + 3.0
+    returns = wait_until(lambda: [r for r in run.of("return") if r.pid in old_workers] or None,
+                         stop_delay + 20, "the old workers to return")
+    assert returns[0].time > new_before_run.time, "old and new servers overlapped"
+    run.wait_log("Server (pid %d) finished with status 0" % old, timeout=stop_delay + 20)
+    print(f"new server up {overlap_from:.3f} s after INT; old workers returned "
+          f"{returns[0].time - sent:.3f} s after INT")
+    assert helpers.is_running(run.pid)
+    run.wait_tree(run.pid, 2)
+
+
+def test_live_restart_of_a_quick_server_starts_the_new_one_at_once(start):
+    run = start({"server_detach_wait": 10.0})
+    old, _ = run.wait_tree(run.pid, 2)
+    sent = time.monotonic()
+    os.kill(run.pid, signal.SIGINT)
+    new = wait_until(lambda: [r for r in run.of("before_run") if r.pid != old], 20,
+                     "the new server")[0]
+    assert new.time - sent < 5.0, "it did not wait for server_detach_wait"
+    run.wait_log("Server (pid %d) finished with status 0" % old)
+
+
+def test_exit_on_detach(start):
+    run = start({"exit_on_detach": True, "server_detach_wait": 0.3, "test_stop_delay": 1.0})
+    old, workers = run.wait_tree(run.pid, 2)
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait_exit(20) == 0
+    run.wait_log("exit_on_detach: the supervisor exits")
+    # The old server finishes its work on its own, then everything is gone.
+    for pid in [old, *workers]:
+        reap(pid, 20)
+    assert len(run.of("before_run")) == 1
+    assert {r.pid for r in run.of("return")} == set(workers)
+
+
+def test_int_without_enable_detach_stops(start):
+    run = start({"enable_detach": False})
+    run.wait_tree(run.pid, 2)
+    os.kill(run.pid, signal.SIGINT)
+    assert run.wait_exit(20) == 0
+    assert len(run.of("before_run")) == 1
+
+
+def test_sigkill_of_the_supervisor_leaves_nothing(start):
+    run = start({})
+    server, workers = run.wait_tree(run.pid, 2)
+    killed = time.monotonic()
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait_exit(10)
+    for pid in [server, *workers]:
+        reap(pid, 15)
+    stops = [r for r in run.of("stop") if r.pid in workers]
+    assert len(stops) == 2, "the server stopped its workers gracefully"
+    assert "The supervisor (pid %d) is gone; stopping" % run.pid in run.log()
+    gone = wait_until(lambda: [ln for ln in run.log().splitlines() if "is gone; stopping" in ln
+                               and f"#{server}]" in ln], 5, "the server's notice")
+    print(f"all gone {time.monotonic() - killed:.3f} s after the supervisor's SIGKILL: {gone[0]}")
+    assert not run.members()
+    reap_zombie_children()
+
+
+def test_server_notices_supervisor_death_within_10ms(start):
+    run = start({"workers": 1})
+    server, (worker,) = run.wait_tree(run.pid, 1)
+    killed = time.monotonic()
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait_exit(10)
+    (stop,) = run.wait_record("stop")
+    delay = stop.time - killed
+    print(f"supervisor SIGKILL -> worker stop(): {delay * 1000:.2f} ms (server, then worker)")
+    # 10 ms to notice, plus a TERM hop to the worker, plus slack on a loaded box.
+    assert delay < 0.5
+    for pid in (server, worker):
+        reap(pid, 10)
+
+
+def test_first_server_failing_before_run_stops_the_supervisor(start):
+    run = start({"test_before_run": "raise"})
+    code = run.wait_exit(20)
+    assert code != 0
+    assert "before_run failed on purpose" in run.log()
+    assert "The first server process exited before it was up" in run.log()
+    assert not run.members()
