@@ -7,8 +7,9 @@ Usage: python hook_recorder.py CONFIG.json
 
 Test-only config keys besides recorder.py's: test_raise_once (worker 0's
 first run() raises), test_block (run() blocks in one wait with no
-timeout until stop()), test_spawn_beat (the spawned command writes one
-heartbeat, then goes silent).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
+timeout until stop()), test_spawn_beat (a list of worker ids whose spawned
+command writes one heartbeat, then goes silent), test_spawn_missing (spawn
+a command that does not exist).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
 gives the server a ParentLink, as a supervisor would.
 """
 import os
@@ -67,9 +68,12 @@ class HookWorker(RecordingWorker):
 
     def spawn(self, process_manager):
         record("spawn", self.worker_id)
-        env = {"TEST_BEAT": "1" if self.config.get("test_spawn_beat") else ""}
-        process_manager.spawn(env, sys.executable, os.path.abspath(__file__), "--child",
-                              str(self.worker_id))
+        if self.config.get("test_spawn_missing"):
+            process_manager.spawn({}, "/nonexistent/pyse-test-command")
+            return
+        beat = self.worker_id in self.config.get("test_spawn_beat", [])
+        process_manager.spawn({"TEST_BEAT": "1" if beat else ""}, sys.executable,
+                              os.path.abspath(__file__), "--child", str(self.worker_id))
 
 
 def child_main(worker_id):

@@ -1,0 +1,105 @@
+"""worker_type "spawn" end to end: one external command per worker (issue 4)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from helpers import cmdline, environ_of
+from hook_harness import run_hooks, subreaper  # noqa: F401 (fixtures)
+from recorder_harness import reap_orphan, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+SPAWN = {"worker_type": "spawn"}
+
+
+def commands(run):
+    """The live spawned commands: children of the server running --child."""
+    return [p for p in run.worker_pids() if "--child" in cmdline(p)]
+
+
+def test_term_stops_every_command_and_hooks_run_in_order(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=2))
+    run.wait_record("run", 2)
+    pids = wait_until(lambda: (lambda c: c if len(c) == 2 else None)(commands(run)), 10,
+                      "two spawned commands")
+    assert {r.pid for r in run.of("run")} == set(pids)
+    for pid in pids:
+        env = environ_of(pid)
+        fd = int(env["PYSE_HEARTBEAT_FD"])
+        assert os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:"), \
+            "the heartbeat fd is open in the command"
+        assert float(env["PYSE_HEARTBEAT_INTERVAL"]) == 1.0
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+    events = run.events()
+    assert events[:2] == ["server_initialize", "before_run"] and events[-1] == "after_run"
+    assert events.index("server_stop_graceful") < events.index("stop")
+    assert sorted(r.pid for r in run.of("return")) == sorted(pids)
+    assert run.log().count("finished with status 0") == 2
+
+
+def test_a_killed_command_is_restarted(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=1))
+    (first,) = [r.pid for r in run.wait_record("run")]
+    os.kill(first, signal.SIGKILL)
+    run.wait_record("run", 2)
+    run.wait_log("Worker 0 finished unexpectedly with signal SIGKILL")
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+
+
+def test_reload_sends_worker_reload_signal(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=2, worker_reload_signal="USR1"))
+    run.wait_record("run", 2)
+    run.signal(signal.SIGUSR2)
+    reloads = run.wait_record("reload", 2)
+    assert sorted(r.worker_id for r in reloads) == [0, 1]
+    assert "config_workers_2" in run.events()
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+
+
+def test_heartbeat_timeout_applies_once_a_command_has_beaten(run_hooks):
+    """Worker 1's command beats once and goes silent: it is stopped at the
+    timeout.  Worker 0's never beats: by then it has been silent as long,
+    and it runs on."""
+    run = run_hooks(dict(SPAWN, workers=2, test_spawn_beat=[1], worker_heartbeat_timeout=0.5,
+                         worker_immediate_kill_interval=0.2, worker_immediate_kill_timeout=0.5))
+    run.wait_record("run", 2)
+    run.wait_log("writes heartbeats: its heartbeat timeout now applies")
+    run.wait_log("no heartbeat for 0.5 s, stopping it immediately")
+    run.wait_log("Worker 1 finished unexpectedly with signal")
+    assert len([r for r in run.of("run") if r.worker_id == 0]) == 1
+    assert all("Worker 0" not in line for line in run.log().splitlines()
+               if "no heartbeat" in line)
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+
+
+def test_a_missing_command_is_logged_and_retried_with_backoff(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=1, test_spawn_missing=True, restart_backoff_base=0.2))
+    run.wait_log("cannot run '/nonexistent/pyse-test-command': No such file or directory")
+    run.wait_log("finished unexpectedly with status 127")
+    run.wait_log("restarting it in")
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+
+
+def test_commands_get_term_when_the_server_is_killed(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=2))
+    run.wait_record("run", 2)
+    pids = wait_until(lambda: (lambda c: c if len(c) == 2 else None)(commands(run)), 10,
+                      "two spawned commands")
+    t0 = time.monotonic()
+    run.signal(signal.SIGKILL)
+    run.wait_exit(5)
+    stops = run.wait_record("stop", 2, timeout=10)
+    for pid in pids:
+        reap_orphan(pid, 10)
+    print("server SIGKILL -> command TERM:",
+          ", ".join(f"{(r.time - t0) * 1000:.1f} ms" for r in stops))
+    assert {r.pid for r in stops} == set(pids)
