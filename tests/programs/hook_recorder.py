@@ -9,7 +9,8 @@ Test-only config keys besides recorder.py's: test_raise_once (worker 0's
 first run() raises), test_block (run() blocks in one wait with no
 timeout until stop()), test_spawn_beat (a list of worker ids whose spawned
 command writes one heartbeat, then goes silent), test_spawn_missing (spawn
-a command that does not exist).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
+a command that does not exist), test_hook_raises (the
+server's reload_config() override raises).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
 gives the server a ParentLink, as a supervisor would.
 """
 import os
@@ -33,6 +34,8 @@ class HookServer(RecordingServer):
 
     def reload_config(self):
         record("reload_config", -1)
+        if self.config.get("test_hook_raises"):
+            raise RuntimeError("user reload_config failed")
         super().reload_config()
         record(f"config_workers_{self.config['workers']}", -1)
 
