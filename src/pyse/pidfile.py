@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 from typing import Optional
 
 
@@ -108,12 +109,13 @@ class PidFile:
         """Fails with :class:`PidFileInUse` if a live daemon holds the file;
         otherwise prepares a locked temporary file (and locks the stale one)."""
         directory = os.path.dirname(os.path.abspath(self.path))
-        temp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
+                                        suffix=".tmp", dir=directory)
+            os.fchmod(fd, 0o644)
         except OSError as e:
-            raise PidFileError(f"pid file {self.path!r}: cannot create {temp!r}: "
-                               f"{e.strerror}") from e
+            raise PidFileError(f"pid file {self.path!r}: cannot create a temporary file in "
+                               f"{directory!r}: {e.strerror}") from e
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new inode: nobody else has it
         self.fd, self._temp_path = fd, temp
         try:

@@ -95,4 +95,10 @@ if __name__ == "__main__":
         getattr(daemon, control)()
         print(f"sent {control} to {daemon.running_pid()}")
         sys.exit(0)
-    daemon.run()
+    code = daemon.main()
+    if daemon.config["daemonize"]:
+        # The launcher: its intermediate child must have been reaped.
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            children = f.read().split()
+        print(f"launcher exit {code} daemon {daemon.pid} children {children}", flush=True)
+    sys.exit(code)

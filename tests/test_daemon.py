@@ -1,0 +1,186 @@
+"""daemonize, the pid file end to end, and controlling a running daemon
+(issue 6).  Real launchers, daemons, supervisors and workers."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+import helpers
+from pyse import pidfile
+from supervised_harness import SupervisedRun, become_subreaper, reap, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+ERROR_CODE = 7
+
+
+@pytest.fixture(autouse=True, scope="module")
+def subreaper():
+    become_subreaper()
+
+
+@pytest.fixture
+def start(tmp_path):
+    runs = []
+
+    def start_run(config, name="run"):
+        base = {"workers": 2, "daemonize_error_exit_code": ERROR_CODE,
+                "pid_path": str(tmp_path / "daemon.pid")}
+        base.update(config)
+        run = SupervisedRun(tmp_path, base, name=name)
+        runs.append(run)
+        return run
+
+    yield start_run
+    for run in runs:
+        run.close()
+
+
+def launched(run: SupervisedRun) -> int:
+    """Waits for a launcher to exit 0; returns the daemon's pid."""
+    code = run.wait_exit(30)
+    out = run.output()
+    assert code == 0, out
+    m = re.search(r"launcher exit 0 daemon (\d+) children \[\]", out)
+    assert m, f"the launcher still had children (an unreaped intermediate?): {out!r}"
+    return int(m.group(1))
+
+
+def stop_daemon(pid: int, run: SupervisedRun) -> None:
+    os.kill(pid, signal.SIGTERM)
+    reap(pid, 20)
+    assert not run.members()
+
+
+@pytest.mark.parametrize("supervisor", [False, True])
+def test_daemonized_launch_returns_once_the_server_is_up(start, tmp_path, supervisor):
+    run = start({"daemonize": True, "supervisor": supervisor, "test_before_run": 0.5})
+    daemon = launched(run)
+    # "Up": before_run() returned before the launcher exited.
+    (before_run,) = run.of("before_run")
+    assert run.proc.returncode == 0
+    pid_path = tmp_path / "daemon.pid"
+    assert pid_path.read_text() == f"{daemon}\n"
+    assert pidfile.running_pid(str(pid_path)) == daemon
+    st = helpers.proc_stat(daemon)
+    assert st.sid != run.pid and st.sid != daemon, "a new session, not its leader"
+    assert os.readlink(f"/proc/{daemon}/fd/0") == "/dev/null"
+    if supervisor:
+        assert before_run.pid != daemon and helpers.proc_stat(before_run.pid).ppid == daemon
+    else:
+        assert before_run.pid == daemon
+    run.wait_record("run", 2)
+    stop_daemon(daemon, run)
+    assert not pid_path.exists(), "removed at a clean exit"
+
+
+@pytest.mark.parametrize("supervisor", [False, True])
+@pytest.mark.parametrize("failure", ["log_path", "before_run"])
+def test_daemonized_start_failures_exit_with_the_error_code(start, tmp_path, failure,
+                                                           supervisor):
+    config = {"daemonize": True, "supervisor": supervisor}
+    if failure == "log_path":
+        config["log"] = str(tmp_path / "no" / "such" / "dir.log")
+        expected = "cannot open the log"
+    else:
+        config["test_before_run"] = "raise"
+        expected = "before_run failed on purpose"
+    run = start(config)
+    assert run.wait_exit(30) == ERROR_CODE
+    out = run.output()
+    assert "pyse: cannot start:" in out and expected in out, out
+    wait_until(lambda: not run.members(), 10, "the failed daemon to be gone")
+    assert not (tmp_path / "daemon.pid").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("daemonize", [False, True])
+def test_a_live_pid_file_refuses_a_second_start(start, tmp_path, daemonize):
+    first = start({"daemonize": True}, name="first")
+    daemon = launched(first)
+    first.wait_record("run", 2)
+    second = start({"daemonize": daemonize}, name="second")
+    assert second.wait_exit(30) == ERROR_CODE
+    out = second.output()
+    assert f"pid file {str(tmp_path / 'daemon.pid')!r} is in use: pid {daemon}" in out, out
+    assert not second.of("initialize"), "refused before anything started"
+    assert (tmp_path / "daemon.pid").read_text() == f"{daemon}\n"
+    assert helpers.is_running(daemon) and len(first.of("stop")) == 0
+    stop_daemon(daemon, first)
+
+
+def test_foreground_pid_file_is_the_process_itself(start, tmp_path):
+    run = start({"supervisor": True})
+    run.wait_record("run", 2)
+    pid_path = tmp_path / "daemon.pid"
+    assert pid_path.read_text() == f"{run.pid}\n"
+    assert pidfile.is_locked(str(pid_path))
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait_exit(20) == 0
+    assert not pid_path.exists()
+
+
+@pytest.mark.parametrize("stale", ["1", "dead"])
+def test_a_stale_pid_file_is_replaced_with_a_note(start, tmp_path, stale):
+    pid_path = tmp_path / "daemon.pid"
+    if stale == "dead":
+        # A daemon SIGKILLed with its whole tree leaves its file behind.
+        old = start({"daemonize": True, "supervisor": True}, name="old")
+        old_pid = launched(old)
+        old.wait_record("run", 2)
+        os.kill(old_pid, signal.SIGKILL)
+        reap(old_pid, 10)
+        wait_until(lambda: not old.members(), 15, "the old tree to be gone")
+        assert pid_path.exists()
+    else:
+        old_pid = 1   # alive, but not a pyse daemon: it holds no lock
+        pid_path.write_text("1\n")
+    run = start({"daemonize": True}, name="new")
+    daemon = launched(run)
+    assert pid_path.read_text() == f"{daemon}\n"
+    run.wait_log(f"Replaced a stale pid file {pid_path} (it named pid {old_pid}")
+    stop_daemon(daemon, run)
+
+
+@pytest.mark.parametrize("action,effect", [
+    ("reload", "reload"), ("dump", "Wrote sigdump"), ("restart", "run"), ("detach", "run"),
+])
+def test_daemon_control_from_another_process(start, tmp_path, action, effect):
+    run = start({"daemonize": True, "supervisor": True, "server_detach_wait": 1.0})
+    daemon = launched(run)
+    run.wait_record("run", 2)
+    control = start({"test_control": action}, name="control")
+    assert control.wait_exit(30) == 0, control.output()
+    assert f"sent {action} to {daemon}" in control.output()
+    if effect in ("reload", "run"):
+        run.wait_record(effect, 2 if effect == "reload" else 4)
+    else:
+        run.wait_log(effect)
+    stop = start({"test_control": "stop"}, name="stop")
+    assert stop.wait_exit(30) == 0
+    reap(daemon, 20)
+    wait_until(lambda: not run.members(), 15, "the daemon's tree to be gone")
+    assert not (tmp_path / "daemon.pid").exists()
+
+
+def test_daemon_control_refuses_a_stale_pid_file(start, tmp_path):
+    (tmp_path / "daemon.pid").write_text("1\n")
+    control = start({"test_control": "stop"}, name="control")
+    assert control.wait_exit(30) != 0
+    assert "is stale: pid 1 is no longer the daemon" in control.output()
+
+
+def test_sigkill_of_a_daemonized_server_leaves_no_worker(start):
+    run = start({"daemonize": True})
+    daemon = launched(run)
+    workers = {r.pid for r in run.wait_record("run", 2)}
+    killed = time.monotonic()
+    os.kill(daemon, signal.SIGKILL)
+    reap(daemon, 10)
+    for pid in workers:
+        reap(pid, 15)
+    print(f"workers gone {(time.monotonic() - killed) * 1000:.1f} ms after the server's SIGKILL")
+    assert not run.members()
