@@ -3,14 +3,11 @@ server module that records its hooks) for any worker type; the
 ``run_hooks`` fixture starts runs and kills and reaps whatever is left."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
 import pytest
 
-import helpers
 from recorder_harness import RecorderRun, become_subreaper
 
 PROGRAM = Path(__file__).parent / "programs" / "hook_recorder.py"
@@ -19,22 +16,7 @@ PROGRAM = Path(__file__).parent / "programs" / "hook_recorder.py"
 class HookRun(RecorderRun):
     def __init__(self, tmp_path: Path, config: dict, env: Optional[dict] = None,
                  pass_fds: Iterable[int] = ()) -> None:
-        # RecorderRun's start, with this program and fds handed down (a
-        # supervisor's heartbeat and lifeline pipes, in the link tests).
-        self.config_path = tmp_path / "config.json"
-        self.events_path = tmp_path / "events.log"
-        self.log_path = tmp_path / "server.log"
-        self.write_config(config)
-        self.events_path.touch()
-        full_env = helpers.marked_env({"PYSE_TEST_EVENTS": str(self.events_path)})
-        full_env.update(env or {})
-        self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, str(PROGRAM), str(self.config_path)],
-                                     env=full_env, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     pass_fds=tuple(pass_fds))
-        self.pid = self.proc.pid
-        self.known_pids: set[int] = set()
+        super().__init__(tmp_path, config, env, program=PROGRAM, pass_fds=tuple(pass_fds))
 
     def events(self, worker_id: Optional[int] = None) -> list[str]:
         return [r.event for r in self.records()

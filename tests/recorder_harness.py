@@ -62,7 +62,8 @@ def reap_orphan(pid: int, timeout: float) -> None:
 class RecorderRun:
     """One running recorder server."""
 
-    def __init__(self, tmp_path: Path, config: dict, env: Optional[dict] = None) -> None:
+    def __init__(self, tmp_path: Path, config: dict, env: Optional[dict] = None, *,
+                 program: Path = PROGRAM, pass_fds: tuple = ()) -> None:
         self.config_path = tmp_path / "config.json"
         self.events_path = tmp_path / "events.log"
         self.log_path = tmp_path / "server.log"
@@ -71,9 +72,10 @@ class RecorderRun:
         full_env = helpers.marked_env({"PYSE_TEST_EVENTS": str(self.events_path)})
         full_env.update(env or {})
         self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, str(PROGRAM), str(self.config_path)],
+        self.proc = subprocess.Popen([sys.executable, str(program), str(self.config_path)],
                                      env=full_env, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     pass_fds=pass_fds)
         self.pid = self.proc.pid
         self.known_pids: set[int] = set()
 

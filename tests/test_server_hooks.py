@@ -53,66 +53,88 @@ def test_overridden_reload_config_and_restart_call_super(run_hooks, worker_type)
     assert run.events()[-1] == "after_run"
 
 
+class SupervisorEnds:
+    """The supervisor's ends of a server's two pipes: the heartbeat pipe's
+    read end and the lifeline's write end (the server gets the others)."""
+
+    def __init__(self, run_hooks, config: dict) -> None:
+        self.heartbeat_r, heartbeat_w = os.pipe()
+        lifeline_r, self.lifeline_w = os.pipe()
+        try:
+            self.run = run_hooks(config, env={"PYSE_TEST_LINK": f"{heartbeat_w},{lifeline_r}"},
+                                 pass_fds=(heartbeat_w, lifeline_r))
+        finally:
+            close_quietly(heartbeat_w, lifeline_r)
+
+    def read_beats(self, count: int, timeout: float) -> list[float]:
+        beats: list[float] = []
+        deadline = time.monotonic() + timeout
+        while len(beats) < count and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.heartbeat_r], [], [], deadline - time.monotonic())
+            if ready:
+                beats.extend([time.monotonic()] * len(os.read(self.heartbeat_r, 64)))
+        return beats
+
+    def close_heartbeat(self) -> None:
+        close_quietly(self.heartbeat_r)
+        self.heartbeat_r = -1
+
+    def close_lifeline(self) -> None:
+        close_quietly(self.lifeline_w)
+        self.lifeline_w = -1
+
+    def close(self) -> None:
+        for fd in (self.heartbeat_r, self.lifeline_w):
+            if fd >= 0:
+                close_quietly(fd)
+
+
+@pytest.fixture
+def supervised(run_hooks):
+    ends: list[SupervisorEnds] = []
+
+    def start(config: dict) -> SupervisorEnds:
+        ends.append(SupervisorEnds(run_hooks, config))
+        return ends[-1]
+    yield start
+    for e in ends:
+        e.close()
+
+
 @pytest.mark.parametrize("worker_type", ["embedded", "thread"])
-def test_in_process_server_beats_and_notices_the_lifeline(run_hooks, worker_type):
+def test_in_process_server_beats_and_notices_the_lifeline(supervised, worker_type):
     """As under a supervisor: the server beats every server_heartbeat_interval
     (even while run() blocks the main thread) and, when the lifeline hangs
     up, calls parent_gone(), which stops it gracefully."""
-    heartbeat_r, heartbeat_w = os.pipe()
-    lifeline_r, lifeline_w = os.pipe()
-    try:
-        run = run_hooks({"worker_type": worker_type, "server_heartbeat_interval": 0.05,
-                         "test_block": True},
-                        env={"PYSE_TEST_LINK": f"{heartbeat_w},{lifeline_r}"},
-                        pass_fds=(heartbeat_w, lifeline_r))
-        close_quietly(heartbeat_w, lifeline_r)
-        run.wait_record("run")
-        beats = []
-        deadline = time.monotonic() + 10
-        while len(beats) < 6 and time.monotonic() < deadline:
-            ready, _, _ = select.select([heartbeat_r], [], [], deadline - time.monotonic())
-            if ready:
-                beats.extend([time.monotonic()] * len(os.read(heartbeat_r, 64)))
-        assert len(beats) >= 6, "the server beats"
-        gaps = [b - a for a, b in zip(beats, beats[1:])]
-        print(f"heartbeat gaps: {', '.join(f'{g * 1000:.1f}' for g in gaps)} ms")
-        assert max(gaps) < 1.0
-        t0 = time.monotonic()
-        os.close(lifeline_w)
-        lifeline_w = -1
-        stop = run.wait_record("server_stop_graceful", timeout=10)[0]
-        print(f"lifeline hangup -> server stop(): {(stop.time - t0) * 1000:.2f} ms")
-        # SPEC: within 10 ms; the slack is for a loaded 2-core machine.
-        assert stop.time - t0 < 0.25
-        assert run.wait_exit(10) == 0
-        run.wait_log("The supervisor (pid")
-        assert run.of("return")
-    finally:
-        close_quietly(heartbeat_r)
-        if lifeline_w >= 0:
-            close_quietly(lifeline_w)
+    sup = supervised({"worker_type": worker_type, "server_heartbeat_interval": 0.05,
+                      "test_block": True})
+    run = sup.run
+    run.wait_record("run")
+    beats = sup.read_beats(6, timeout=10)
+    assert len(beats) >= 6, "the server beats"
+    gaps = [b - a for a, b in zip(beats, beats[1:])]
+    print(f"heartbeat gaps: {', '.join(f'{g * 1000:.1f}' for g in gaps)} ms")
+    assert max(gaps) < 1.0
+    t0 = time.monotonic()
+    sup.close_lifeline()
+    stop = run.wait_record("server_stop_graceful", timeout=10)[0]
+    print(f"lifeline hangup -> server stop(): {(stop.time - t0) * 1000:.2f} ms")
+    # SPEC: within 10 ms; the slack is for a loaded 2-core machine.
+    assert stop.time - t0 < 0.25
+    assert run.wait_exit(10) == 0
+    run.wait_log("The supervisor (pid")
+    assert run.of("return")
 
 
 @pytest.mark.parametrize("worker_type", ["embedded", "thread"])
-def test_in_process_server_notices_a_closed_heartbeat_pipe(run_hooks, worker_type):
+def test_in_process_server_notices_a_closed_heartbeat_pipe(supervised, worker_type):
     """The supervisor's end of the heartbeat pipe closed (it died while its
     lifeline was somehow kept): the next beat fails and the server stops."""
-    heartbeat_r, heartbeat_w = os.pipe()
-    lifeline_r, lifeline_w = os.pipe()
-    try:
-        run = run_hooks({"worker_type": worker_type, "server_heartbeat_interval": 0.05},
-                        env={"PYSE_TEST_LINK": f"{heartbeat_w},{lifeline_r}"},
-                        pass_fds=(heartbeat_w, lifeline_r))
-        close_quietly(heartbeat_w, lifeline_r)
-        run.wait_record("run")
-        close_quietly(heartbeat_r)
-        heartbeat_r = -1
-        run.wait_record("server_stop_graceful", timeout=10)
-        assert run.wait_exit(10) == 0
-    finally:
-        close_quietly(lifeline_w)
-        if heartbeat_r >= 0:
-            close_quietly(heartbeat_r)
+    sup = supervised({"worker_type": worker_type, "server_heartbeat_interval": 0.05})
+    sup.run.wait_record("run")
+    sup.close_heartbeat()
+    sup.run.wait_record("server_stop_graceful", timeout=10)
+    assert sup.run.wait_exit(10) == 0
 
 
 @pytest.mark.parametrize("worker_type", ["embedded", "thread"])

@@ -102,8 +102,7 @@ class EmbeddedServer(InProcessServer):
     def stop(self, stop_graceful: bool) -> None:
         super().stop(stop_graceful)
         self._wake.set()
-        with self._lock:
-            worker = self.worker
+        worker = self.current_worker()
         if worker is not None:
             self.call_in_thread(worker.stop, "worker 0 stop()")
 
@@ -116,14 +115,17 @@ class EmbeddedServer(InProcessServer):
 
     def reload(self) -> None:
         super().reload()
-        with self._lock:
-            worker = self.worker
+        worker = self.current_worker()
         if worker is not None:
             self.call_in_thread(worker.reload, "worker 0 reload()")
 
     def dump(self) -> None:
         super().dump()
-        with self._lock:
-            worker = self.worker
+        worker = self.current_worker()
         if worker is not None:
             self.dump_worker(worker)
+
+    def current_worker(self) -> Optional[Worker]:
+        """The worker whose run() is running now, if any."""
+        with self._lock:
+            return self.worker
