@@ -147,3 +147,17 @@ def test_a_raising_server_hook_is_logged_and_the_server_goes_on(run_hooks, worke
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
     assert run.events()[-1] == "after_run"
+
+
+@pytest.mark.parametrize("worker_type", ["embedded", "thread"])
+def test_cont_writes_a_sigdump_with_the_workers_stacks(run_hooks, tmp_path, worker_type):
+    run = run_hooks({"worker_type": worker_type, "test_block": True},
+                    env={"TMPDIR": str(tmp_path)})
+    run.wait_record("run")
+    run.signal(signal.SIGCONT)
+    run.wait_log("Wrote sigdump to")
+    dump = (tmp_path / f"sigdump-{run.pid}.log").read_text()
+    assert "wait_for_set" in dump, "the blocked run() is in the dump"
+    assert run.proc.poll() is None
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
