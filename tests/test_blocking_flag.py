@@ -85,22 +85,26 @@ def test_many_waiters_all_wake_on_one_change(waiter, changer, expected):
     assert results == [expected] * 8
 
 
-def test_exactly_one_of_racing_setters_changes_the_flag():
+@pytest.mark.parametrize("method", ["set", "reset"])
+def test_exactly_one_of_racing_changers_changes_the_flag(method):
     for _ in range(50):
         flag = BlockingFlag()
+        if method == "reset":
+            flag.set()
         go = threading.Barrier(6)
         changed: list[bool] = []
         lock = threading.Lock()
 
-        def set_it() -> None:
+        def change() -> None:
             go.wait()
-            c = flag.set()
+            c = getattr(flag, method)()
             with lock:
                 changed.append(c)
-        threads = [start(set_it) for _ in range(6)]
+        threads = [start(change) for _ in range(6)]
         for t in threads:
             t.join(30)
         assert sorted(changed) == [False] * 5 + [True]
+        assert flag.is_set() is (method == "set")
 
 
 def test_set_reset_storm_never_loses_a_waiter():
