@@ -30,6 +30,10 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Optional
 
+# Imported here, not in the server process: after chuser the interpreter's
+# site-packages may no longer be readable.
+import setproctitle
+
 from pyse import lowlevel
 from pyse.lowlevel import Event, EventKind, KillConfig
 from pyse.parent_link import ParentLink
@@ -349,8 +353,6 @@ def server_process(server: Server, supervisor_pid: int, heartbeat_fd: int, lifel
     config = server.config
     name = config.get("server_process_name")
     if name:
-        import setproctitle
-
         setproctitle.setproctitle(name)
     log_after_fork(server, config)
     link = ParentLink(supervisor_pid, heartbeat_fd, lifeline_fd,

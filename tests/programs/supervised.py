@@ -44,6 +44,7 @@ class TestServer:
         if isinstance(mode, (int, float)):
             time.sleep(mode)
         record("before_run", -1)
+        record("ids", -1, ids())
 
     def after_start(self):
         record("after_start", -1)
