@@ -184,3 +184,53 @@ def test_sigkill_of_a_daemonized_server_leaves_no_worker(start):
         reap(pid, 15)
     print(f"workers gone {(time.monotonic() - killed) * 1000:.1f} ms after the server's SIGKILL")
     assert not run.members()
+
+
+@pytest.mark.timeout(120)
+def test_blog_post_example(tmp_path):
+    """examples/blog_post.py as the post runs it: names in ps, a SIGKILLed
+    worker replaced and logged, a SIGKILLed server leaving no worker."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from supervised_harness import reap_zombie_children
+
+    example = Path(__file__).parent.parent / "examples" / "blog_post.py"
+    tag = {"PYSE_TEST_EVENTS": str(tmp_path / "blog")}
+    launcher = subprocess.run([sys.executable, str(example)], cwd=tmp_path, timeout=60,
+                              env=helpers.marked_env(tag), capture_output=True)
+    assert launcher.returncode == 0, launcher.stderr
+    log = tmp_path / "server.log"
+    server = int((tmp_path / "server.pid").read_text())
+    try:
+        def workers():
+            pids = [p for p in helpers.children_of(server) if helpers.is_running(p)]
+            return pids if len(pids) == 2 else None
+        first = wait_until(workers, 15, "two se-worker processes")
+        assert helpers.cmdline(server) == "se-server"
+        assert [helpers.cmdline(p) for p in first] == ["se-worker", "se-worker"]
+        helpers.wait_for_line(log, r"\[worker_id: 1\] Awesome work!", 15)
+
+        os.kill(first[0], signal.SIGKILL)
+        helpers.wait_for_line(log, r"INFO -- : Worker \d finished unexpectedly with signal "
+                                   r"SIGKILL", 15)
+        second = wait_until(lambda: (lambda p: p if p and first[0] not in p else None)(
+            workers()), 15, "the killed worker's replacement")
+
+        killed = time.monotonic()
+        os.kill(server, signal.SIGKILL)
+        reap(server, 10)
+        for pid in second:
+            reap(pid, 15)   # each notices, stops, and its run() returns after its sleep
+        print(f"no worker left {time.monotonic() - killed:.2f} s after the server's SIGKILL")
+    finally:
+        # Whatever is left of this run carries its tag in its environment.
+        for pid in helpers.all_pids():
+            if helpers.environ_of(pid).get("PYSE_TEST_EVENTS") == tag["PYSE_TEST_EVENTS"]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                reap(pid, 10)
+        reap_zombie_children()
