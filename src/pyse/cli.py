@@ -127,7 +127,14 @@ def read_pid(pid_file: str) -> int:
 
 
 def cmd_control(args: argparse.Namespace) -> int:
+    from pyse import pidfile
+
     pid = read_pid(args.pid_file)
+    # The daemon holds the pid file's lock while it runs: without it, pid
+    # may by now belong to an unrelated process (see pyse.pidfile).
+    if not pidfile.is_locked(args.pid_file):
+        raise CommandError(f"pid file {args.pid_file!r} is stale: pid {pid} is not a running "
+                           f"pyse daemon (nothing holds the file's lock)")
     graceful, immediate = CONTROL_SIGNALS[args.command]
     signo = immediate if getattr(args, "immediate", False) else graceful
     try:
