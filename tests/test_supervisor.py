@@ -219,3 +219,35 @@ def test_first_server_failing_before_run_stops_the_supervisor(start):
     assert "before_run failed on purpose" in run.log()
     assert "The first server process exited before it was up" in run.log()
     assert not run.members()
+
+
+def test_a_silent_server_is_killed_by_heartbeat_timeout_and_replaced(start):
+    timeout = 1.0
+    run = start({"server_heartbeat_interval": 0.1, "server_heartbeat_timeout": timeout,
+                 "server_immediate_kill_timeout": 0})
+    server, workers = run.wait_tree(run.pid, 2)
+    stopped = time.monotonic()
+    os.kill(server, signal.SIGSTOP)   # alive, but it beats no more
+    reap(server, 15)
+    noticed = time.monotonic() - stopped
+    run.wait_log("Server (pid %d): no heartbeat for %g s" % (server, timeout))
+    run.wait_log("Server (pid %d) finished unexpectedly with signal SIGKILL" % server)
+    new_server, _ = wait_until(
+        lambda: (lambda t: t if t[0] != server else None)(run.wait_tree(run.pid, 2)),
+        20, "a new server")
+    print(f"a stopped server was killed {noticed:.3f} s after it went silent")
+    assert timeout - 0.2 <= noticed < timeout + 3.0
+    for pid in workers:
+        reap(pid, 15)
+
+
+def test_a_signal_forwarded_during_before_run_waits_for_the_server(start):
+    run = start({"test_before_run": 1.0, "workers": 1})
+    wait_until(lambda: run.children(run.pid), 15, "the server process")
+    os.kill(run.pid, signal.SIGUSR2)   # the server is inside before_run()
+    run.wait_record("before_run")
+    run.wait_record("run")
+    run.wait_record("reload")          # handled once the server's loop owned it
+    (server, _) = run.wait_tree(run.pid, 1)
+    assert run.of("before_run")[0].pid == server, "the server was not killed by USR2"
+    assert "finished unexpectedly" not in run.log()
