@@ -65,6 +65,17 @@ def level_of(name: str) -> int:
     return LEVELS[name]
 
 
+def set_level(logger: logging.Logger, name: Optional[str]) -> None:
+    """setLevel, then forget the logger's cached isEnabledFor answers.
+    logging clears those caches only for loggers registered in its manager
+    (logging.getLogger); ours is private to this LogSetup, so without this a
+    reloaded log_level would not apply to levels already asked about."""
+    logger.setLevel(level_of(name or "debug"))
+    cache = getattr(logger, "_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+
+
 class SharedFileHandler(logging.Handler):
     """Writes formatted records into a :class:`SharedLogFile`.
 
@@ -139,7 +150,7 @@ class LogSetup:
         cls = config.get("logger_class") or logging.Logger
         self.logger = cls("pyse")
         self.logger.propagate = False
-        self.logger.setLevel(level_of(config.get("log_level") or "debug"))
+        set_level(self.logger, config.get("log_level"))
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -211,7 +222,7 @@ class LogSetup:
             old.close()
             self.config = config
             self._start_capture()
-        self.logger.setLevel(level_of(config.get("log_level") or "debug"))
+        set_level(self.logger, config.get("log_level"))
         self.config = config
 
     def after_fork_child(self, threads_allowed: bool = True) -> None:
