@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import time
 
 import pytest
 
 from helpers import cmdline, environ_of
+from pyse.spawn_server import ProcessManager
 from hook_harness import run_hooks, subreaper  # noqa: F401 (fixtures)
 from recorder_harness import reap_orphan, wait_until
 
@@ -103,3 +105,57 @@ def test_commands_get_term_when_the_server_is_killed(run_hooks):
     print("server SIGKILL -> command TERM:",
           ", ".join(f"{(r.time - t0) * 1000:.1f} ms" for r in stops))
     assert {r.pid for r in stops} == set(pids)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_commands_run_as_worker_chuser(run_hooks):
+    nobody = pwd.getpwnam("nobody")
+    run = run_hooks(dict(SPAWN, workers=1, worker_chuser="nobody", worker_chumask="027",
+                         test_spawn_cmd=["/bin/sleep", "60"]))
+    pid = wait_until(lambda: (lambda c: c[0] if c else None)(
+        [p for p in run.worker_pids() if cmdline(p).startswith("/bin/sleep")]), 10,
+        "the spawned command")
+    status = open(f"/proc/{pid}/status").read().splitlines()
+    uids = next(line for line in status if line.startswith("Uid:")).split()[1:]
+    umask = next(line for line in status if line.startswith("Umask:")).split()[1]
+    assert uids == [str(nobody.pw_uid)] * 4
+    assert umask == "0027"
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+    assert "Worker 0 finished with signal SIGTERM" in run.log()
+
+
+# -- process_manager.spawn's arguments, without a server --------------------------
+class FakeServer:
+    def __init__(self):
+        self.calls = []
+
+    def spawn_command(self, worker_id, argv, env):
+        self.calls.append((worker_id, argv, env))
+        return 4242, -1
+
+
+@pytest.mark.parametrize("args, argv", [
+    (({"A": "1"}, "prog", "x y"), ["prog", "x y"]),
+    ((None, "prog"), ["prog"]),
+    (("prog", "arg"), ["prog", "arg"]),
+    ((None, "echo hello | wc"), ["/bin/sh", "-c", "echo hello | wc"]),
+])
+def test_process_manager_spawn_arguments(args, argv):
+    server = FakeServer()
+    manager = ProcessManager(server, 3)
+    assert manager.spawn(*args) == 4242
+    (wid, got_argv, env), = server.calls
+    assert (wid, got_argv) == (3, argv)
+    assert env["PATH"] == os.environ["PATH"], "the server's environment is passed on"
+    if isinstance(args[0], dict):
+        assert env["A"] == "1"
+
+
+def test_process_manager_spawns_once_and_needs_a_command():
+    manager = ProcessManager(FakeServer(), 0)
+    with pytest.raises(ValueError, match="needs a command"):
+        manager.spawn({})
+    manager.spawn({}, "prog")
+    with pytest.raises(RuntimeError, match="already started pid 4242"):
+        manager.spawn({}, "prog")

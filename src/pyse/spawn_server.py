@@ -28,7 +28,7 @@ import os
 import signal
 from typing import Any, Mapping, Optional
 
-from pyse import lowlevel
+from pyse import lowlevel, privilege
 from pyse.lowlevel import Event, EventKind, KillConfig
 from pyse.multi_worker_server import WorkerSlot
 from pyse.process_server import ProcessServer
@@ -108,11 +108,13 @@ class SpawnServer(ProcessServer):
         server_pid = os.getpid()
         env[HEARTBEAT_INTERVAL_ENV] = repr(float(self.config.get("worker_heartbeat_interval", 1.0)))
         loop = self.loop
+        identity = (self.config.get("worker_chuser"), self.config.get("worker_chgroup"),
+                    self.config.get("worker_chumask"))
 
         def child_main(heartbeat_w: int, close_fds: list[int], restore_mask: set) -> None:
             exec_command(argv, env, loop=loop, server_pid=server_pid, heartbeat_fd=heartbeat_w,
                          close_fds=[*close_fds, error_r], error_fd=error_w,
-                         restore_mask=restore_mask)
+                         restore_mask=restore_mask, identity=identity)
 
         try:
             pid, heartbeat_r = self.fork_child(child_main)
@@ -167,16 +169,20 @@ def read_all(fd: int) -> bytes:
 
 def exec_command(argv: list[str], env: dict, *, loop: Optional[lowlevel.Loop], server_pid: int,
                  heartbeat_fd: int, close_fds: list[int], error_fd: int,
-                 restore_mask: set) -> None:
-    """In the forked child: drop the server's loop and fds, offer the
+                 restore_mask: set, identity: tuple = (None, None, None)) -> None:
+    """In the forked child: drop the server's loop and fds, switch to
+    ``identity`` (worker_chuser, worker_chgroup, worker_chumask), offer the
     heartbeat fd, restore signals, exec.  Never returns."""
     try:
         if loop is not None:
             loop.abandon_in_child(close_fds)
         else:
             lowlevel.child_after_fork(close_fds)
+        if any(part is not None for part in identity):
+            privilege.change(*identity)
         # The command cannot watch a lifeline it knows nothing of: the kernel
-        # sends it TERM (a graceful stop) when the server dies.
+        # sends it TERM (a graceful stop) when the server dies.  Set after the
+        # identity change, which clears it.
         if lowlevel.set_parent_death_signal(GRACEFUL_STOP, server_pid):
             os._exit(EXIT_EXEC_FAILED)  # the server died before the exec
         for signo in _RESET_BEFORE_EXEC:
@@ -185,7 +191,7 @@ def exec_command(argv: list[str], env: dict, *, loop: Optional[lowlevel.Loop], s
         env[HEARTBEAT_FD_ENV] = str(heartbeat_fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, restore_mask)
         os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        os.write(error_fd, f"{e.strerror or e}".encode())
+    except (OSError, privilege.PrivilegeError) as e:
+        os.write(error_fd, f"{getattr(e, 'strerror', None) or e}".encode())
     finally:
         os._exit(EXIT_EXEC_FAILED)

@@ -9,7 +9,8 @@ Test-only config keys besides recorder.py's: test_raise_once (worker 0's
 first run() raises), test_block (run() blocks in one wait with no
 timeout until stop()), test_spawn_beat (a list of worker ids whose spawned
 command writes one heartbeat, then goes silent), test_spawn_missing (spawn
-a command that does not exist), test_hook_raises (the
+a command that does not exist), test_spawn_cmd (spawn this
+argv instead of the recording child), test_hook_raises (the
 server's reload_config() override raises).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
 gives the server a ParentLink, as a supervisor would.
 """
@@ -73,6 +74,9 @@ class HookWorker(RecordingWorker):
         record("spawn", self.worker_id)
         if self.config.get("test_spawn_missing"):
             process_manager.spawn({}, "/nonexistent/pyse-test-command")
+            return
+        if self.config.get("test_spawn_cmd"):
+            process_manager.spawn({}, *self.config["test_spawn_cmd"])
             return
         beat = self.worker_id in self.config.get("test_spawn_beat", [])
         process_manager.spawn({"TEST_BEAT": "1" if beat else ""}, sys.executable,
