@@ -1,0 +1,43 @@
+# The ServerEngine side of the benchmark: the same worker as pyse_target.py,
+# in Ruby, on ServerEngine's process workers.
+#
+#   ruby bench/serverengine_target.rb CONFIG.json
+#
+# CONFIG.json holds ServerEngine configuration keys (pyse reads the same
+# names) plus bench_mode ("normal" or "stubborn", see pyse_target.py).
+# Each worker writes "<kind> <pid> <CLOCK_MONOTONIC seconds>" lines into the
+# FIFO named by $BENCH_EVENTS, one write(2) per line.
+require 'json'
+require 'serverengine'
+
+module BenchWorker
+  def initialize
+    @flag = ServerEngine::BlockingFlag.new
+    @stubborn = config[:bench_mode] == 'stubborn'
+  end
+
+  def record(kind)
+    t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    @events.syswrite(format("%s %d %.6f\n", kind, Process.pid, t))
+  end
+
+  def run
+    # Opened after the fork, like the Python side; the bench holds the read
+    # end, so a non-blocking open for writing succeeds at once.
+    @events = File.open(ENV.fetch('BENCH_EVENTS'), File::WRONLY | File::NONBLOCK)
+    # ServerEngine sets QUIT to SIG_DFL in its workers; a stubborn worker
+    # records it and lives on, so the escalation reaches SIGKILL.
+    trap(:QUIT) { record('quit') } if @stubborn
+    record('ready')
+    until @flag.wait_for_set(1.0)
+    end
+  end
+
+  def stop
+    record('term')
+    @flag.set! unless @stubborn
+  end
+end
+
+config = JSON.parse(File.read(ARGV.fetch(0)), symbolize_names: true)
+ServerEngine.create(nil, BenchWorker, config).run
