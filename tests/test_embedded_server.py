@@ -108,3 +108,15 @@ def test_broken_config_at_reload_leaves_the_server_unchanged(run_hooks):
     assert len(run.of("run")) == 1 and run.proc.poll() is None
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
+
+
+def test_embedded_is_the_default_worker_type():
+    import pyse
+    from pyse.embedded_server import EmbeddedServer
+
+    class Plain:
+        def run(self):
+            pass
+    daemon = pyse.create(None, Plain)
+    assert daemon.config["worker_type"] == "embedded"
+    assert issubclass(daemon.server_class, EmbeddedServer)
