@@ -159,6 +159,7 @@ class Daemon:
         from pyse.logger import LogSetup
 
         set_process_name(self.config.get("daemon_process_name"))
+        preload_modules(self.config)
         try:
             drop_privileges(self.config)
             log_setup = LogSetup(self.config)
@@ -351,6 +352,18 @@ def set_process_name(name: Optional[str]) -> None:
         import setproctitle
 
         setproctitle.setproctitle(name)
+
+
+def preload_modules(config: dict) -> None:
+    """Imports what the daemon imports lazily, while still privileged: after
+    chuser the interpreter's own directories may not be readable any more."""
+    if config["supervisor"]:
+        importlib.import_module("pyse.supervisor")
+    if config.get("server_process_name") or config.get("worker_process_name"):
+        importlib.import_module("setproctitle")
+    if config.get("chuser") is not None or config.get("chgroup") is not None \
+            or config.get("chumask") is not None:
+        importlib.import_module("pyse.privilege")
 
 
 def drop_privileges(config: dict) -> None:
