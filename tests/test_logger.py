@@ -236,10 +236,14 @@ def test_usr2_reloads_log_level(start_run):
     run.wait_events("server_reload", 1, 10)
     run.proc.send_signal(signal.SIGUSR2)
     run.wait_events("server_reload", 2, 10)
+    run.wait_events("reload", 2, 10)
     # The first "Received reload" was logged before the reload; the second
-    # one (INFO) is below the new level.
+    # one (INFO) is below the new level.  The worker reads the new level at
+    # its USR2 too: its reload() INFO line and its second DEBUG line are gone.
     text = run.log_path.read_text()
     assert text.count("Received reload") == 1, text
+    assert text.count("Worker 0 received SIGUSR2") == 1, text
+    assert "worker 0 reloaded" not in text
     assert run.stop() == 0
 
 
@@ -253,5 +257,8 @@ def test_usr2_moves_the_log_and_the_servers_fd1(start_run, tmp_path):
     run.wait_events("server_reload", 1, 10)
     run.wait_log("server raw at reload", 10, path=moved)
     assert "server raw at reload" not in run.log_path.read_text()
+    # The worker moves too, its captured fd 1 included.
+    run.wait_log("worker 0 reloaded", 10, path=moved)
+    run.wait_log("-- stdout: print at reload of worker 0", 10, path=moved)
     assert run.stop() == 0
     assert "Received graceful stop" in moved.read_text()

@@ -206,6 +206,21 @@ class LogSetup:
         if isinstance(self.handler, SharedFileHandler):
             self.handler.file.reopen()
 
+    def reload_in_child(self, config_source: Any) -> None:
+        """A worker's USR2.  The server reloaded its configuration, but a
+        worker process never sees that copy, so it reads ``log`` and
+        ``log_level`` from the same source, then reopens.  Raises
+        ConfigError or OSError (its logging unchanged, still reopened)."""
+        try:
+            if self.owned and config_source is not None and not self.config.get("disable_reload"):
+                from pyse import config as config_mod
+
+                new = config_mod.load(config_source)
+                self.apply_config(dict(self.config, log=new.get("log"),
+                                       log_level=new.get("log_level")))
+        finally:
+            self.reopen()
+
     def apply_config(self, config: dict) -> None:
         """Puts a reloaded ``log`` and ``log_level`` into effect; raises
         OSError (changing nothing) when the new log cannot be opened."""

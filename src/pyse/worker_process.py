@@ -192,9 +192,10 @@ class WorkerProcess:
         setup = getattr(self.worker.server, "_log_setup", None)
         if setup is not None:
             try:
-                setup.reopen()
-            except OSError as e:
-                self.logger.error("Worker %d: could not reopen the log: %s",
+                # log and log_level from the reloaded source, then reopen
+                setup.reload_in_child(getattr(self.worker.server, "_config_source", None))
+            except (OSError, ValueError) as e:  # ValueError: pyse.ConfigError
+                self.logger.error("Worker %d: could not reload the log settings: %s",
                                   self.worker.worker_id, e)
         self.worker.reload()
 

@@ -82,6 +82,7 @@ class WriterWorker:
 
     def reload(self):
         self.logger.info("worker %d reloaded", self.worker_id)
+        print(f"print at reload of worker {self.worker_id}")
         record("reload", self.worker_id)
 
 
