@@ -26,6 +26,16 @@ control_socket_disable = True
 proc_name = "bench-gunicorn"
 
 
+MASTER_EVENTS = []
+
+
+def pre_fork(server, worker):
+    """In the master, just before each fork (pyse and ServerEngine: before_fork)."""
+    if not MASTER_EVENTS:
+        MASTER_EVENTS.append(EventWriter())
+    MASTER_EVENTS[0].record("fork")
+
+
 def post_worker_init(worker):
     worker.bench_events = EventWriter()
     worker.bench_events.record("ready")

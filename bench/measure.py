@@ -150,14 +150,14 @@ def idle_cpu(run: Launch, seconds: float, settle: float = 0.5) -> Idle:
 
 
 
-def respawn_latencies(run: Launch, kills: int, gap: float) -> list[float]:
+def respawn_latencies(run: Launch, kills: int, gap: float) -> list["Respawn"]:
     """SIGKILL a worker, time until its replacement reports ready; again,
     ``gap`` seconds after the replacement is ready (gunicorn's master sleeps
     up to 100 ms after each fork: a kill back-to-back with a respawn would
     time that sleep, not the reaction to a death)."""
     live = run.live_workers()
     watcher = run.watcher
-    latencies: list[float] = []
+    latencies: list[Respawn] = []
     for i in range(kills):
         if latencies:
             watcher.drain_until(now() + gap)
@@ -169,9 +169,16 @@ def respawn_latencies(run: Launch, kills: int, gap: float) -> list[float]:
         replacement = watcher.wait_for(
             lambda: next((e for e in watcher.events[mark:] if e.kind == "ready"), None),
             10.0, f"the replacement of a killed {run.engine.title} worker (kill {i + 1})")
-        latencies.append(replacement.t - t0)
+        fork = next((e for e in watcher.events[mark:] if e.kind == "fork"), None)
+        latencies.append(Respawn(replacement.t - t0, fork.t - t0 if fork else None))
         live[slot] = replacement.pid
     return latencies
+
+
+@dataclass(frozen=True)
+class Respawn:
+    latency: float            # kill -> replacement ready
+    to_fork: Optional[float]  # kill -> the master's before_fork hook
 
 
 @dataclass

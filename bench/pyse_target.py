@@ -6,7 +6,8 @@ the bench (see event_writer.py).
 CONFIG.json holds pyse configuration keys (the same names ServerEngine
 reads, see serverengine_target.rb) plus ``bench_mode``:
 
-- ``normal``: the usual worker; "ready" when run() starts, stop() ends it;
+- ``normal``: the usual worker; "ready" when run() starts, stop() ends it
+  (and the server records "fork" in before_fork());
 - ``stubborn``: stop() records "term" and is ignored, QUIT is recorded
   ("quit") and survived, so the server's kill escalation runs to its SIGKILL.
 """
@@ -21,7 +22,19 @@ import pyse  # noqa: E402
 from event_writer import EventWriter  # noqa: E402
 
 
+#: the server's own writer, for "fork" lines from before_fork()
+MASTER_EVENTS = None
+
+
 class BenchWorker:
+    def before_fork(self):
+        # Runs in the server just before each fork: splits a respawn into the
+        # server's reaction and the new worker's start-up.
+        global MASTER_EVENTS
+        if MASTER_EVENTS is None:
+            MASTER_EVENTS = EventWriter()
+        MASTER_EVENTS.record("fork")
+
     def initialize(self):
         self.flag = pyse.BlockingFlag()
         self.stubborn = self.config.get("bench_mode") == "stubborn"

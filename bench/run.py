@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import sys
 import tempfile
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 from engines import ENGINES, ESCALATION, Engine  # noqa: E402
 from escalation import EscalationResult, measure_once, nominal_sequence  # noqa: E402
-from measure import (Idle, Launch, Orphans, graceful_stop, idle_cpu,  # noqa: E402
+from measure import (Idle, Launch, Orphans, Respawn, graceful_stop, idle_cpu,  # noqa: E402
                      orphans_after_master_kill, respawn_latencies)
 from report import median_ms, ms, percentile  # noqa: E402
 from watcher import BenchError, Watcher, become_subreaper, list_children  # noqa: E402
@@ -91,6 +92,8 @@ def rows(o: Options) -> list[tuple[str, str]]:
         ("respawn_p90", "respawn latency, p90"),
         ("respawn_p99", "respawn latency, p99"),
         ("respawn_max", "respawn latency, max"),
+        ("respawn_fork", "… of which kill → master's before_fork hook, median"),
+        ("respawn_start", "… and before_fork → new worker ready, median"),
         ("cold", f"cold start: launch → {n} workers ready (median of {o.rounds})"),
         ("stop", f"graceful stop: TERM → whole tree gone (median of {o.rounds})"),
         ("idle_cpu", "master idle CPU per 10 s (schedstat)"),
@@ -128,6 +131,14 @@ class EngineBench:
         return Launch(self.engine, self.watcher, self.tmp, self.o.workers, mode)
 
     def run(self) -> None:
+        # Other work on the machine shows in the tails: say how busy it was.
+        self.load = [os.getloadavg()[0]]
+        try:
+            self.measure_all()
+        finally:
+            self.load.append(os.getloadavg()[0])
+
+    def measure_all(self) -> None:
         self.lifecycle()
         progress(f"{self.engine.title}: orphans")
         with self.launch() as run:
@@ -150,7 +161,7 @@ class EngineBench:
         in the first round, between the two."""
         colds, stops = [], []
         idle: Optional[Idle] = None
-        latencies: Optional[list[float]] = None
+        respawns: Optional[list[Respawn]] = None
         for r in range(self.o.rounds):
             progress(f"{self.engine.title}: round {r + 1} of {self.o.rounds}")
             with self.launch() as run:
@@ -161,16 +172,20 @@ class EngineBench:
                 if r == 0:
                     idle = self.attempt("idle CPU", lambda: idle_cpu(run, self.o.idle))
                     progress(f"{self.engine.title}: {self.o.kills} kills")
-                    latencies = self.attempt("respawn", lambda: respawn_latencies(
+                    respawns = self.attempt("respawn", lambda: respawn_latencies(
                         run, self.o.kills, self.o.kill_gap))
                 stop = self.attempt("graceful stop", lambda: graceful_stop(run))
                 if stop is not None:
                     stops.append(stop)
         c = self.cells
-        if latencies:
+        if respawns:
+            latencies = [r.latency for r in respawns]
             c["respawn_median"] = median_ms(latencies, 2)
             for key, p in (("respawn_p90", 90), ("respawn_p99", 99), ("respawn_max", 100)):
                 c[key] = ms(percentile(latencies, p), 2)
+            to_fork = [r.to_fork for r in respawns if r.to_fork is not None]
+            start = [r.latency - r.to_fork for r in respawns if r.to_fork is not None]
+            c["respawn_fork"], c["respawn_start"] = median_ms(to_fork, 2), median_ms(start, 2)
         c["cold"], c["stop"] = median_ms(colds), median_ms(stops)
         if idle is not None:
             c["idle_cpu"] = f"{idle.master_cpu_ms:.2f} ms"
@@ -284,6 +299,8 @@ def render(o: Options, engines: list[Engine], benches: list[EngineBench], skippe
                                                           ESCALATION.items()),
             "", "## Environment", ""]
     out += report.environment(versions)
+    out.append("- 1-minute load average at the start / end of each engine's measurements: "
+               + ", ".join(f"{b.engine.title} {b.load[0]:.2f} / {b.load[-1]:.2f}" for b in benches))
     out += escalation_details(benches)
     errors = [e for b in benches for e in b.errors]
     if errors:

@@ -16,15 +16,29 @@ module BenchWorker
     @stubborn = config[:bench_mode] == 'stubborn'
   end
 
-  def record(kind)
+  def self.open_events
+    File.open(ENV.fetch('BENCH_EVENTS'), File::WRONLY | File::NONBLOCK)
+  end
+
+  def self.record(io, kind)
     t = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-    @events.syswrite(format("%s %d %.6f\n", kind, Process.pid, t))
+    io.syswrite(format("%s %d %.6f\n", kind, Process.pid, t))
+  end
+
+  def record(kind)
+    BenchWorker.record(@events, kind)
+  end
+
+  # Runs in the server just before each fork (as in pyse_target.py).
+  def before_fork
+    $bench_master_events ||= BenchWorker.open_events
+    BenchWorker.record($bench_master_events, 'fork')
   end
 
   def run
     # Opened after the fork, like the Python side; the bench holds the read
     # end, so a non-blocking open for writing succeeds at once.
-    @events = File.open(ENV.fetch('BENCH_EVENTS'), File::WRONLY | File::NONBLOCK)
+    @events = BenchWorker.open_events
     # ServerEngine sets QUIT to SIG_DFL in its workers; a stubborn worker
     # records it and lives on, so the escalation reaches SIGKILL.
     trap(:QUIT) { record('quit') } if @stubborn
