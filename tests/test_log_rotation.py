@@ -9,6 +9,7 @@ import os
 import re
 import select
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,34 @@ def test_size_zero_never_rotates(tmp_path):
     finally:
         log.close()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("x.log.")] == ["x.log.lock"]
+
+
+@pytest.mark.timeout(30)
+def test_a_stuck_lock_holder_delays_writers_but_does_not_stop_them(tmp_path):
+    """A process stuck while holding the lock (e.g. a worker thread whose
+    GIL another thread keeps) must not freeze every writer, the server
+    included: after lock_timeout they write without it."""
+    path = tmp_path / "x.log"
+    log = SharedLogFile(str(path), rotate_size=10, rotate_age=3, lock_timeout=0.3)
+    holder = os.open(log.lock_path, os.O_RDWR)   # another open file description
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        log.write_lines([b"first line, longer than the limit\n"])
+        log.write_lines([b"second\n"])
+        waited = time.monotonic() - started
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        log.write_lines([b"third\n"])
+    finally:
+        os.close(holder)
+        log.close()
+    assert 0.5 <= waited < 10, waited    # two waits of 0.3 s each
+    assert log.lock_timeouts == 2
+    text = path.with_name("x.log.0").read_text()
+    assert text.startswith("pyse: the log lock ") and text.count("pyse:") == 1
+    assert text.endswith("first line, longer than the limit\nsecond\n"), \
+        "no rotation without the lock"
+    assert path.read_text() == "third\n", "with the lock back, rotation resumes"
 
 
 @pytest.mark.timeout(30)

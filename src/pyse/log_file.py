@@ -25,10 +25,13 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 from typing import Callable, Iterable, Optional
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+#: seconds a writer waits for the lock before writing without it
+LOCK_TIMEOUT = 2.0
 _instances: "weakref.WeakSet[SharedLogFile]" = weakref.WeakSet()
 
 
@@ -38,13 +41,17 @@ class SharedLogFile:
     never rotate.  ``on_reopen(fd)`` is called (lock held) whenever this
     process switches to a new file, so fd 1/2 redirections can follow."""
 
-    def __init__(self, path: str, rotate_size: int = 0, rotate_age: int = 0) -> None:
+    def __init__(self, path: str, rotate_size: int = 0, rotate_age: int = 0,
+                 lock_timeout: float = LOCK_TIMEOUT) -> None:
         # Absolute: a daemon changes directory, and the path must not move.
         self.path = os.path.abspath(path)
         self.lock_path = self.path + ".lock"
         self.rotate_size = int(rotate_size)
         self.rotate_age = int(rotate_age)
         self.on_reopen: Optional[Callable[[int], None]] = None
+        self.lock_timeout = lock_timeout
+        #: writes done without the lock because its holder seemed stuck
+        self.lock_timeouts = 0
         self._mutex = threading.Lock()
         self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
         try:
@@ -71,12 +78,49 @@ class SharedLogFile:
             return
         with self._mutex:
             lock_fd = self._own_lock_fd()
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if not self._take_lock(lock_fd):
+                self._append_unlocked(lines)
+                return
             try:
                 self._follow_path()
                 self._append_locked(lines)
             finally:
                 fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _take_lock(self, lock_fd: int) -> bool:
+        """flock with a deadline: False after lock_timeout seconds.
+
+        A holder can be stuck: a worker thread holding the lock while
+        another thread of that worker keeps the GIL forever never gets to
+        unlock.  A blocking flock would then freeze every process at its
+        next log line, the server included, which could no longer kill that
+        very worker.  Python has no flock with a timeout, so poll with a
+        growing pause (uncontended, the first try succeeds)."""
+        pause = 0.0001
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass  # held by another process: wait below
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.lock_timeout
+            elif now >= deadline:
+                return False
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 0.01)
+
+    def _append_unlocked(self, lines: list[bytes]) -> None:
+        """The lock holder is stuck: write anyway, without rotating.  O_APPEND
+        keeps each line whole; at worst it lands in a file being shifted,
+        still exactly once."""
+        self.lock_timeouts += 1
+        self._follow_path()
+        note = (f"pyse: the log lock {self.lock_path} was busy for {self.lock_timeout:g} s "
+                f"(a stuck process holds it?); writing without it\n").encode()
+        self._write_all(b"".join([note, *lines]) if self.lock_timeouts == 1 else b"".join(lines))
 
     def _append_locked(self, lines: list[bytes]) -> None:
         size = os.fstat(self._fd).st_size
