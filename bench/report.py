@@ -17,7 +17,11 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def ms(seconds: Optional[float], digits: int = 1) -> str:
-    return "–" if seconds is None else f"{seconds * 1000:.{digits}f} ms"
+    if seconds is None:
+        return "–"
+    if abs(seconds) >= 10:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.{digits}f} ms"
 
 
 def median_ms(values: Sequence[float], digits: int = 1) -> str:

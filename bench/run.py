@@ -119,6 +119,7 @@ class EngineBench:
         self.sequences: collections.Counter[str] = collections.Counter()
         self.deaths: collections.Counter[str] = collections.Counter()
         self.early_late: list[float] = []
+        self.load: list[float] = []   # 1-minute load average at start and end
 
     def attempt(self, what: str, measure: Callable[[], T]) -> Optional[T]:
         try:
@@ -132,7 +133,7 @@ class EngineBench:
 
     def run(self) -> None:
         # Other work on the machine shows in the tails: say how busy it was.
-        self.load = [os.getloadavg()[0]]
+        self.load.append(os.getloadavg()[0])
         try:
             self.measure_all()
         finally:
