@@ -24,7 +24,11 @@ LETTER = {"term": "T", "quit": "Q", "gone": "K"}
 
 
 def nominal_sequence(cfg: dict = ESCALATION) -> str:
-    """The signals a stubborn worker gets when every step is on time."""
+    """The signals a stubborn worker gets when every step is on time.
+
+    >>> nominal_sequence()
+    'TTTTQQK'
+    """
     gi, ginc, gt = (cfg["worker_graceful_kill_interval"],
                     cfg["worker_graceful_kill_interval_increment"],
                     cfg["worker_graceful_kill_timeout"])
@@ -48,7 +52,26 @@ def step_lateness(arrivals: list[tuple[str, float]], cfg: dict = ESCALATION) -> 
     TERM, whose own time is the base.  ``arrivals`` are (T|Q|K, time) in time
     order.  Each chain is followed on its own (a TERM is due after the
     previous TERM, a QUIT after the previous QUIT), so a TERM that a slow
-    in-worker path records just after a QUIT is still judged fairly."""
+    in-worker path records just after a QUIT is still judged fairly.
+
+    >>> def show(arrivals):
+    ...     return " ".join(f"{k}{late * 1000:+.0f}" for k, late in step_lateness(arrivals))
+    >>> show([("T", 0), ("T", .2), ("T", .5), ("T", .9), ("Q", 1.0), ("Q", 1.2), ("K", 1.5)])
+    'T+0 T+0 T+0 Q+0 Q+0 K+0'
+
+    One late TERM is late once; the next one is due after it:
+
+    >>> show([("T", 0), ("T", .25), ("T", .55), ("T", .95), ("Q", 1.0), ("Q", 1.2), ("K", 1.5)])
+    'T+50 T+0 T+0 Q+0 Q+0 K+0'
+
+    A QUIT straight after the first TERM is 1 s early; a KILL with no QUIT
+    seen is due at graceful + immediate timeout (1.4 s):
+
+    >>> show([("T", 0), ("Q", 0.0), ("T", 1.0), ("K", 1.0)])
+    'Q-1000 T+800 K+600'
+    >>> show([("T", 0), ("T", 1.0), ("K", 1.0)])
+    'T+800 K-400'
+    """
     gi, ginc, gt = (cfg["worker_graceful_kill_interval"],
                     cfg["worker_graceful_kill_interval_increment"],
                     cfg["worker_graceful_kill_timeout"])
