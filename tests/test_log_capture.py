@@ -3,8 +3,10 @@ os.write() and child programs of workers land line by line as records; the
 forking server stays single-threaded; a flood of output never blocks."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import textwrap
 import time
 
@@ -124,3 +126,26 @@ def test_embedded_server_captures_through_a_thread(tmp_path):
     assert re.search(record_line(pid, "WARN", "stderr", "fd2 from the embedded worker"),
                      text, re.M), text
     assert "after main: fd 1 is back" in (tmp_path / "out.txt").read_text()
+
+
+@pytest.mark.timeout(60)
+def test_reload_from_a_file_to_stderr_gives_fd1_and_fd2_back(start_run):
+    """After USR2 moves the log to stderr there is nothing to capture into:
+    the server and the workers put their real fd 1/2 back (the terminal or
+    whatever the daemon was started with), not the old log file."""
+    run = start_run({"workers": 1})
+    run.wait_events("run", 1, 30)
+    config = json.loads(run.config_path.read_text())
+    config["log"] = None
+    run.config_path.write_text(json.dumps(config))
+    run.proc.send_signal(signal.SIGUSR2)
+    run.wait_events("reload", 1, 10)
+    run.wait_events("server_reload", 1, 10)
+    helpers.wait_for(lambda: "print at reload of worker 0" in run.outer_path.read_text(), 10,
+                     what="the worker's print on the real stdout")
+    out = run.outer_path.read_text()
+    assert re.search(r"^server raw at reload$", out, re.M)
+    assert re.search(r"^I, \[\S+ #\d+\] +INFO -- : worker 0 reloaded$", out, re.M)
+    assert re.search(r"^print at reload of worker 0$", out, re.M), "raw: no capture any more"
+    assert "worker 0 reloaded" not in run.log_path.read_text()
+    assert run.stop() == 0

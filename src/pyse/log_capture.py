@@ -53,6 +53,18 @@ def line_buffer_std_streams() -> None:
                 pass  # not a text stream we can change; it still works
 
 
+def take_originals(fds: Sequence[int], originals: Optional[dict[int, int]]) -> dict[int, int]:
+    """fd -> the fd to put back at stop: taken from originals (removed from
+    it) or a close-on-exec copy of the fd as it is now."""
+    saved = {}
+    for fd in fds:
+        if originals and fd in originals:
+            saved[fd] = originals.pop(fd)
+        else:
+            saved[fd] = os.dup(fd)  # close-on-exec: programs we run never get it
+    return saved
+
+
 class DirectCapture:
     """fd 1/2 point at the log file itself; no thread."""
 
@@ -61,10 +73,11 @@ class DirectCapture:
         self.fds = tuple(fds)
         self.saved: dict[int, int] = {}
 
-    def start(self) -> None:
+    def start(self, originals: Optional[dict[int, int]] = None) -> None:
+        """originals: fds to restore at stop() instead of copies of the
+        current fd 1/2 (taken over from the parent's capture by a child)."""
         flush_std_streams()
-        for fd in self.fds:
-            self.saved[fd] = os.dup(fd)  # non-inheritable: a worker never gets it
+        self.saved = take_originals(self.fds, originals)
         self.redirect(self.log_file.fileno())
         self.log_file.on_reopen = self.redirect
         line_buffer_std_streams()
@@ -82,13 +95,13 @@ class DirectCapture:
             os.close(saved)
         self.saved.clear()
 
-    def abandon_in_child(self) -> None:
-        """In a forked child: forget the parent's state, leave fd 1/2 as they are."""
+    def abandon_in_child(self) -> dict[int, int]:
+        """In a forked child: forget the parent's state, leave fd 1/2 as they
+        are; returns the saved original fds (the caller owns them now)."""
         if self.log_file.on_reopen == self.redirect:
             self.log_file.on_reopen = None
-        for saved in self.saved.values():
-            os.close(saved)
-        self.saved.clear()
+        saved, self.saved = self.saved, {}
+        return saved
 
 
 class PipeCapture:
@@ -105,13 +118,14 @@ class PipeCapture:
         self.wake_r = self.wake_w = -1
         self.thread: Optional[threading.Thread] = None
 
-    def start(self) -> None:
+    def start(self, originals: Optional[dict[int, int]] = None) -> None:
+        """originals: as for DirectCapture.start()."""
         flush_std_streams()
         self.wake_r, self.wake_w = os.pipe()
+        self.saved = take_originals(self.fds, originals)
         for fd in self.fds:
             read_end, write_end = os.pipe()
             os.set_blocking(read_end, False)
-            self.saved[fd] = os.dup(fd)
             os.dup2(write_end, fd)  # inheritable: child programs write here too
             os.close(write_end)
             self.readers[read_end] = fd
@@ -137,14 +151,14 @@ class PipeCapture:
                 self._close_pipes()
             self.thread = None
 
-    def abandon_in_child(self) -> None:
+    def abandon_in_child(self) -> dict[int, int]:
         """In a forked child: the reader thread is not here; close the
-        parent's pipe ends and saved fds, leave fd 1/2 as they are."""
-        for saved in self.saved.values():
-            os.close(saved)
-        self.saved.clear()
+        parent's pipe ends, leave fd 1/2 as they are; returns the saved
+        original fds (the caller owns them now)."""
         self.thread = None
         self._close_pipes()
+        saved, self.saved = self.saved, {}
+        return saved
 
     def _close_pipes(self) -> None:
         for fd in [*self.readers, self.wake_r, self.wake_w]:

@@ -176,7 +176,7 @@ class LogSetup:
         handler.setFormatter(RubyFormatter())
         return handler
 
-    def _start_capture(self) -> None:
+    def _start_capture(self, originals: Optional[dict[int, int]] = None) -> None:
         handler = self.handler
         # Only into a file: capturing fd 2 into a log written to fd 2 loops.
         if not isinstance(handler, SharedFileHandler):
@@ -190,7 +190,7 @@ class LogSetup:
             capture = PipeCapture(handler.emit_lines, fds)
         else:
             capture = DirectCapture(handler.file, fds)
-        capture.start()
+        capture.start(originals)
         self.capture = capture
         handler.error_fd = capture.saved.get(2, 2)
 
@@ -249,10 +249,15 @@ class LogSetup:
         if isinstance(self.handler, SharedFileHandler):
             self.handler.file.after_fork_child()
             self.handler.error_fd = 2
+        originals: dict[int, int] = {}
         if self.capture is not None:
-            self.capture.abandon_in_child()
+            # The parent's saved fds are the process's real fd 1/2 (a
+            # terminal, /dev/null): this child restores those, not the log.
+            originals = self.capture.abandon_in_child()
             self.capture = None
-        self._start_capture()
+        self._start_capture(originals)
+        for fd in originals.values():  # not captured here
+            os.close(fd)
 
     def close(self) -> None:
         """At exit: the captured fds go back (their last lines logged first),
