@@ -120,3 +120,12 @@ def test_embedded_is_the_default_worker_type():
     daemon = pyse.create(None, Plain)
     assert daemon.config["worker_type"] == "embedded"
     assert issubclass(daemon.server_class, EmbeddedServer)
+
+
+def test_near_miss_keys_are_logged_at_start(run_hooks):
+    run = run_hooks(dict(EMBEDDED, worker=2, log_levle="info"))
+    run.wait_record("run")
+    run.wait_log("Unknown config key 'worker': did you mean 'workers'?")
+    run.wait_log("Unknown config key 'log_levle': did you mean 'log_level'?")
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
