@@ -160,7 +160,7 @@ def test_daemon_control_from_another_process(start, tmp_path, action, effect):
     else:
         run.wait_log(effect)
     stop = start({"test_control": "stop"}, name="stop")
-    assert stop.wait_exit(30) == 0
+    assert stop.wait_exit(30) == 0, stop.output()
     reap(daemon, 20)
     wait_until(lambda: not run.members(), 15, "the daemon's tree to be gone")
     assert not (tmp_path / "daemon.pid").exists()

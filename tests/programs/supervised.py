@@ -93,8 +93,9 @@ if __name__ == "__main__":
     daemon = pyse.create(TestServer, TestWorker, load_config)
     control = load_config().get("test_control")
     if control:
+        pid = daemon.running_pid()   # before: a stopped daemon removes its pid file
         getattr(daemon, control)()
-        print(f"sent {control} to {daemon.running_pid()}")
+        print(f"sent {control} to {pid}")
         sys.exit(0)
     code = daemon.main()
     if daemon.config["daemonize"]:
