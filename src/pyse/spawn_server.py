@@ -117,10 +117,10 @@ class SpawnServer(ProcessServer):
                          restore_mask=restore_mask, identity=identity)
 
         try:
-            pid, heartbeat_r = self.fork_child(child_main)
-        finally:
-            os.close(error_w)
-        try:
+            try:
+                pid, heartbeat_r = self.fork_child(child_main)
+            finally:
+                os.close(error_w)   # now only the child holds it, until its exec
             error = read_all(error_r)
         finally:
             os.close(error_r)
