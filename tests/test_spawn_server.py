@@ -11,7 +11,7 @@ import pytest
 from helpers import cmdline, environ_of
 from pyse.spawn_server import ProcessManager
 from hook_harness import run_hooks, subreaper  # noqa: F401 (fixtures)
-from recorder_harness import reap_orphan, wait_until
+from recorder_harness import open_fds, reap_orphan, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,3 +159,19 @@ def test_process_manager_spawns_once_and_needs_a_command():
     manager.spawn({}, "prog")
     with pytest.raises(RuntimeError, match="already started pid 4242"):
         manager.spawn({}, "prog")
+
+
+def test_restarting_commands_leak_no_fd(run_hooks):
+    """A command that exits at once is restarted again and again: the
+    server's fds (heartbeat pipes, exec-error pipes) do not pile up."""
+    run = run_hooks(dict(SPAWN, workers=2, test_spawn_cmd=["/bin/true"], log_level="info"))
+    wait_until(lambda: run.log().count("finished unexpectedly with status 0") >= 20, 20,
+               "20 exits")
+    early = len(open_fds(run.pid))
+    wait_until(lambda: run.log().count("finished unexpectedly with status 0") >= 200, 30,
+               "200 exits")
+    late = len(open_fds(run.pid))
+    print(f"server fds after 20 exits: {early}, after 200: {late}")
+    assert late <= early + 2   # +2: a pipe of a start in progress at the reading
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
