@@ -14,6 +14,7 @@ import pytest
 
 import helpers
 from log_harness import LogWriterRun
+from pyse.log_capture import MAX_LINE, PipeCapture
 
 
 @pytest.fixture
@@ -149,3 +150,26 @@ def test_reload_from_a_file_to_stderr_gives_fd1_and_fd2_back(start_run):
     assert re.search(r"^print at reload of worker 0$", out, re.M), "raw: no capture any more"
     assert "worker 0 reloaded" not in run.log_path.read_text()
     assert run.stop() == 0
+
+
+# ---- PipeCapture in this process, on a spare fd -------------------------------
+
+def test_pipe_capture_splits_lines_and_flushes_the_rest_at_stop():
+    """The capture works on any fd; a spare one keeps pytest's fd 1/2 out
+    of it."""
+    got: list[tuple[str, int, str]] = []
+    spare = os.open("/dev/null", os.O_WRONLY)
+    capture = PipeCapture(lambda name, level, lines: got.extend(
+        (name, level, line) for line in lines), [spare])
+    try:
+        capture.start()
+        payload = b"one\n\nlong:" + b"x" * (MAX_LINE + 10) + b"\nno newline at the end"
+        os.write(spare, payload)
+        capture.stop()
+        assert os.readlink(f"/proc/self/fd/{spare}") == "/dev/null", "the fd was put back"
+    finally:
+        os.close(spare)
+    texts = [text for _, _, text in got]
+    assert texts == ["one", "", "long:" + "x" * (MAX_LINE - 5), "x" * 15,
+                     "no newline at the end"]
+    assert {name for name, _, _ in got} == {"stdout"}

@@ -209,14 +209,16 @@ class PipeCapture:
                 alive = False
                 break
             data += chunk
-        lines = data.split(b"\n")
-        rest = lines.pop()
+        whole = data.split(b"\n")
+        rest = whole.pop()
+        if final and rest:
+            whole.append(rest)
+            rest = b""
+        lines = [line[i:i + MAX_LINE] for line in whole
+                 for i in range(0, max(len(line), 1), MAX_LINE)]
         while len(rest) > MAX_LINE:
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]
-        if final and rest:
-            lines.append(rest)
-            rest = b""
         self.partial[read_end] = rest
         if lines:
             name, level = STREAMS.get(self.readers.get(read_end, 1), STREAMS[1])
