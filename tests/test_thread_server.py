@@ -1,6 +1,7 @@
 """worker_type "thread" end to end: one thread per worker (issue 4)."""
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -107,5 +108,18 @@ def test_broken_config_at_reload_leaves_the_server_unchanged(run_hooks):
     run.write_config(dict(THREAD, workers=3))
     run.signal(signal.SIGUSR2)
     wait_until(lambda: run.live_workers() == {0, 1, 2}, 10, "a good reload still works")
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+
+
+def test_restarting_workers_leak_no_thread(run_hooks):
+    run = run_hooks(dict(THREAD, workers=2, test_raise_always=True, log_level="info"))
+    text = "finished unexpectedly with an exception"
+    wait_until(lambda: run.log().count(text) >= 20, 20, "20 failed runs")
+    early = len(os.listdir(f"/proc/{run.pid}/task"))
+    wait_until(lambda: run.log().count(text) >= 200, 30, "200 failed runs")
+    late = len(os.listdir(f"/proc/{run.pid}/task"))
+    print(f"server threads after 20 restarts: {early}, after 200: {late}")
+    assert late <= early + 2   # +2: worker threads between start and end at the reading
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0

@@ -6,7 +6,7 @@ Usage: python hook_recorder.py CONFIG.json
        python hook_recorder.py --child WORKER_ID   (the spawned command)
 
 Test-only config keys besides recorder.py's: test_raise_once (worker 0's
-first run() raises), test_block (run() blocks in one wait with no
+first run() raises), test_raise_always (every run() raises), test_block (run() blocks in one wait with no
 timeout until stop()), test_spawn_beat (a list of worker ids whose spawned
 command writes one heartbeat, then goes silent), test_spawn_missing (spawn
 a command that does not exist), test_spawn_cmd (spawn this
@@ -54,6 +54,8 @@ class HookWorker(RecordingWorker):
 
     def run(self):
         record(f"run_thread_{threading.current_thread().name}", self.worker_id)
+        if self.config.get("test_raise_always"):
+            raise RuntimeError("run always fails")
         if self.config.get("test_raise_once") and self.worker_id == 0 and not HookWorker.raised:
             HookWorker.raised = True
             record("run", self.worker_id)
