@@ -123,3 +123,15 @@ def test_restarting_workers_leak_no_thread(run_hooks):
     assert late <= early + 2   # +2: worker threads between start and end at the reading
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
+
+
+def test_before_fork_and_after_start_surround_each_start(run_hooks):
+    run = run_hooks(dict(THREAD, workers=2))
+    run.wait_record("run", 2)
+    run.wait_record("after_start", 2)
+    for wid in (0, 1):
+        mine = [e for e in run.events(wid) if e in ("before_fork", "run", "after_start")]
+        assert mine[0] == "before_fork" and sorted(mine[1:]) == ["after_start", "run"], mine
+        assert {r.pid for r in run.records() if r.worker_id == wid} == {run.pid}
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0

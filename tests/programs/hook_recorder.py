@@ -68,6 +68,12 @@ class HookWorker(RecordingWorker):
             return
         super().run()
 
+    def before_fork(self):
+        record("before_fork", self.worker_id)
+
+    def after_start(self):
+        record("after_start", self.worker_id)
+
     def stop(self):
         record(f"stop_thread_{threading.current_thread().name}", self.worker_id)
         super().stop()
