@@ -56,7 +56,14 @@ class Launch:
         return list(dict.fromkeys(e.pid for e in self.events("ready")))
 
     def gone_at(self, pid: int) -> Optional[float]:
-        return next((e.t for e in self.events("gone") if e.pid == pid), None)
+        """When ``pid`` died, counting only deaths after its own ready line: a
+        recycled pid may have died once already as some other process."""
+        events = self.watcher.events
+        start = self.mark
+        if pid != self.proc.pid:
+            start = next((i for i in range(self.mark, len(events))
+                          if events[i].kind == "ready" and events[i].pid == pid), len(events))
+        return next((e.t for e in events[start:] if e.kind == "gone" and e.pid == pid), None)
 
     def live_workers(self) -> list[int]:
         return [p for p in self.worker_pids() if self.gone_at(p) is None]

@@ -45,7 +45,6 @@ class Watcher:
         self.keep_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
         self.events: list[Event] = []
         self.pidfds: dict[int, int] = {}   # fd -> pid
-        self.watched: set[int] = set()
         self._partial = b""
 
     def close(self) -> None:
@@ -56,10 +55,12 @@ class Watcher:
         os.close(self.keep_fd)
 
     def watch(self, pid: int) -> None:
-        """Adds a "gone" event when ``pid`` exits (zombies count as gone)."""
-        if pid in self.watched:
+        """Adds a "gone" event when ``pid`` exits (zombies count as gone).
+        Pids are recycled (pid_max is often 32768 and other test suites
+        fork thousands), so a pid seen before is watched again: only a pid
+        with a pidfd open now is skipped."""
+        if pid in self.pidfds.values():
             return
-        self.watched.add(pid)
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
