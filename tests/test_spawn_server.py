@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import sys
 import time
 
 import pytest
@@ -175,3 +176,20 @@ def test_restarting_commands_leak_no_fd(run_hooks):
     assert late <= early + 2   # +2: a pipe of a start in progress at the reading
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
+
+
+def test_a_command_ignoring_term_is_escalated_to_quit(run_hooks):
+    ignore_term = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                   "print('ready', flush=True); time.sleep(60)")
+    run = run_hooks(dict(SPAWN, workers=1, worker_graceful_kill_interval=0.1,
+                         worker_graceful_kill_timeout=0.3,
+                         test_spawn_cmd=[sys.executable, "-c", ignore_term]))
+    run.wait_log("ready")
+    t0 = time.monotonic()
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+    took = time.monotonic() - t0
+    log = run.log()
+    assert "still alive 0.3 s after a graceful stop" in log
+    assert "Worker 0 finished with signal SIGQUIT" in log
+    assert 0.25 < took < 5.0, took
