@@ -8,7 +8,9 @@ import fcntl
 import os
 import re
 import select
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -210,3 +212,36 @@ def test_forked_child_takes_its_own_lock(tmp_path):
         os.close(ready_r)
         os.close(done_r)
         log.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+@pytest.mark.timeout(30)
+def test_a_log_in_a_directory_we_cannot_write_still_logs():
+    """A log file we may write, in a directory we may not (no lock file, no
+    rotation possible): lines still arrive, after one line saying why."""
+    # Not under tmp_path: pytest's directories are closed to other users.
+    directory = Path(tempfile.mkdtemp(prefix="pyse-ro-"))
+    try:
+        directory.chmod(0o755)
+        path = directory / "x.log"
+        path.touch()
+        os.chown(path, 65534, 65534)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                log = SharedLogFile(str(path), rotate_size=10, rotate_age=3)
+                log.write_lines([b"a" * 20 + b"\n"] * 3)
+                log.write_lines([b"b\n"])
+                code = 0 if log.lock_error else 2
+            finally:
+                os._exit(code)
+        assert helpers.wait_pid_exit(pid, 10) == 0
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("pyse: no log lock (cannot open ") and "x.log.lock" in lines[0]
+        assert lines[1:] == ["a" * 20] * 3 + ["b"]
+        assert sorted(p.name for p in directory.iterdir()) == ["x.log"]
+    finally:
+        shutil.rmtree(directory)

@@ -22,6 +22,7 @@ exist.  See docs/logging.md for why a lock rather than one writer process.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -50,15 +51,13 @@ class SharedLogFile:
         self.rotate_age = int(rotate_age)
         self.on_reopen: Optional[Callable[[int], None]] = None
         self.lock_timeout = lock_timeout
-        #: writes done without the lock because its holder seemed stuck
+        #: writes done without the lock (none to be had, or its holder stuck)
         self.lock_timeouts = 0
         self._mutex = threading.Lock()
+        #: why there is no lock fd (then: no rotation), or None
+        self.lock_error: Optional[str] = None
         self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
-        try:
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError:
-            os.close(self._fd)
-            raise
+        self._lock_fd = self._open_lock_fd()
         self._lock_pid = os.getpid()
         _instances.add(self)
 
@@ -78,8 +77,14 @@ class SharedLogFile:
             return
         with self._mutex:
             lock_fd = self._own_lock_fd()
+            if lock_fd < 0:
+                self._append_unlocked(lines, f"pyse: no log lock ({self.lock_error}): "
+                                             f"not rotating {self.path}\n")
+                return
             if not self._take_lock(lock_fd):
-                self._append_unlocked(lines)
+                self._append_unlocked(lines, f"pyse: the log lock {self.lock_path} was busy "
+                                             f"for {self.lock_timeout:g} s (a stuck process "
+                                             f"holds it?); writing without it\n")
                 return
             try:
                 self._follow_path()
@@ -112,15 +117,15 @@ class SharedLogFile:
             time.sleep(min(pause, deadline - now))
             pause = min(pause * 2, 0.01)
 
-    def _append_unlocked(self, lines: list[bytes]) -> None:
-        """The lock holder is stuck: write anyway, without rotating.  O_APPEND
-        keeps each line whole; at worst it lands in a file being shifted,
-        still exactly once."""
+    def _append_unlocked(self, lines: list[bytes], why: str) -> None:
+        """No lock to be had: write anyway, without rotating (the first time,
+        after a line saying why).  O_APPEND keeps each line whole; at worst
+        it lands in a file being shifted, still exactly once."""
         self.lock_timeouts += 1
         self._follow_path()
-        note = (f"pyse: the log lock {self.lock_path} was busy for {self.lock_timeout:g} s "
-                f"(a stuck process holds it?); writing without it\n").encode()
-        self._write_all(b"".join([note, *lines]) if self.lock_timeouts == 1 else b"".join(lines))
+        if self.lock_timeouts == 1:
+            lines = [why.encode("utf-8", "backslashreplace"), *lines]
+        self._write_all(b"".join(lines))
 
     def _append_locked(self, lines: list[bytes]) -> None:
         size = os.fstat(self._fd).st_size
@@ -186,10 +191,23 @@ class SharedLogFile:
         if self._lock_pid != pid:
             # Forked: the inherited fd shares the parent's lock.  Closing our
             # copy leaves the parent's description (and any lock on it) alone.
-            os.close(self._lock_fd)
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+            self._lock_fd = self._open_lock_fd()
             self._lock_pid = pid
         return self._lock_fd
+
+    def _open_lock_fd(self) -> int:
+        """The lock file's fd, or -1 when the directory does not let us
+        create it (a log file we may write in a directory we may not):
+        logging goes on, rotation (which renames in that directory) is off."""
+        try:
+            return os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            self.lock_error = f"cannot open {self.lock_path}: {e.strerror}"
+            return -1
 
     def after_fork_child(self) -> None:
         with self._mutex:
