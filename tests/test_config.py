@@ -70,7 +70,7 @@ BAD_VALUES: dict[str, tuple[object, str]] = {
     "log_rotate_age": (-1, "integer >= 0"),
     "log_rotate_size": (1.5, "integer >= 0"),
     "log_stdout": ("1", "true or false"),
-    "log_stderr": (None.__class__, "true or false"),
+    "log_stderr": ("on", "true or false"),
     "logger_class": (dict, "subclass of logging.Logger"),
     "logger": ("root", "logging.Logger instance"),
     "disable_sigdump": (2, "true or false"),
