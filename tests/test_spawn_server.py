@@ -153,6 +153,14 @@ def test_process_manager_spawn_arguments(args, argv):
         assert env["A"] == "1"
 
 
+def test_process_manager_spawn_none_removes_a_variable(monkeypatch):
+    monkeypatch.setenv("PYSE_TEST_DROP_ME", "x")
+    server = FakeServer()
+    ProcessManager(server, 0).spawn({"PYSE_TEST_DROP_ME": None, "B": 2}, "prog")
+    env = server.calls[0][2]
+    assert "PYSE_TEST_DROP_ME" not in env and env["B"] == "2"
+
+
 def test_process_manager_spawns_once_and_needs_a_command():
     manager = ProcessManager(FakeServer(), 0)
     with pytest.raises(ValueError, match="needs a command"):

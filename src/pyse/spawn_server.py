@@ -56,10 +56,11 @@ class ProcessManager:
         self.child: Optional[tuple[int, int]] = None
 
     def spawn(self, env: Optional[Mapping[str, str]], *cmd: str) -> int:
-        """Runs cmd with env added to the server's environment; returns its
-        pid.  A single string with spaces runs through ``/bin/sh -c``, as
-        Ruby's ``Process.spawn`` does; a first argument that is a string is
-        the command itself (no env)."""
+        """Runs cmd with env added to the server's environment (a None value
+        removes the variable, as in Ruby); returns its pid.  A single string
+        with spaces runs through ``/bin/sh -c``, so a command line written
+        for Ruby's ``Process.spawn`` works unchanged; a first argument that
+        is a string is the command itself (no env)."""
         if isinstance(env, str):
             env, cmd = None, (env, *cmd)
         argv = [os.fspath(a) for a in cmd]
@@ -71,7 +72,11 @@ class ProcessManager:
             raise RuntimeError(f"worker {self.worker_id}: spawn() may start one command, "
                                f"and already started pid {self.child[0]}")
         full_env = dict(os.environ)
-        full_env.update({str(k): str(v) for k, v in (env or {}).items()})
+        for key, value in (env or {}).items():
+            if value is None:
+                full_env.pop(str(key), None)
+            else:
+                full_env[str(key)] = str(value)
         self.child = self._server.spawn_command(self.worker_id, argv, full_env)
         return self.child[0]
 
