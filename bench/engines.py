@@ -67,9 +67,14 @@ class Pyse(Engine):
         return None
 
     def version(self) -> str:
-        commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+        git = ["git", "-C", str(HERE.parent)]
+        commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
-        return f"{importlib.metadata.version('pyse')} (git {commit or 'unknown'})"
+        # The checkout is shared: say when the code that ran is not the commit.
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "src", "csrc"],
+                               capture_output=True, text=True).stdout.strip()
+        note = ", with uncommitted changes in src/ or csrc/" if dirty else ""
+        return f"{importlib.metadata.version('pyse')} (git {commit or 'unknown'}{note})"
 
     def command(self, run_dir: Path, workers: int, mode: str) -> tuple[list[str], dict]:
         path = run_dir / "config.json"

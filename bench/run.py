@@ -286,6 +286,7 @@ def render(o: Options, engines: list[Engine], benches: list[EngineBench], skippe
     out = ["# pyse vs ServerEngine vs gunicorn", "",
            f"Produced by `{o.command}` on {when} (took {took:.0f} s).", ""]
     out += report.table(["measure"] + [e.title for e in engines], table_rows)
+    out += ["", "What each row means and how it is measured: bench/README.md."]
     out += ["", "## Settings", "",
             f"- {o.workers} workers per engine; {o.kills} SIGKILLs, one worker at a time, "
             f"{o.kill_gap * 1000:g} ms after the previous replacement was ready; "
