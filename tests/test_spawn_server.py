@@ -181,7 +181,10 @@ def test_restarting_commands_leak_no_fd(run_hooks):
                "200 exits")
     late = len(open_fds(run.pid))
     print(f"server fds after 20 exits: {early}, after 200: {late}")
-    assert late <= early + 2   # +2: a pipe of a start in progress at the reading
+    # A start in progress holds up to two pipes (heartbeat, exec error) and
+    # each live command one heartbeat fd: readings vary by a few.  A leak of
+    # one fd per start would add 180.
+    assert late <= early + 6
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
 

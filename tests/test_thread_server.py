@@ -120,7 +120,9 @@ def test_restarting_workers_leak_no_thread(run_hooks):
     wait_until(lambda: run.log().count(text) >= 200, 30, "200 failed runs")
     late = len(os.listdir(f"/proc/{run.pid}/task"))
     print(f"server threads after 20 restarts: {early}, after 200: {late}")
-    assert late <= early + 2   # +2: worker threads between start and end at the reading
+    # Worker and hook threads come and go: readings vary by a few.  A leak
+    # of one thread per restart would add 180.
+    assert late <= early + 6
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
 
