@@ -72,7 +72,23 @@ def test_daemonized_launch_returns_once_the_server_is_up(start, tmp_path, superv
         assert before_run.pid != daemon and helpers.proc_stat(before_run.pid).ppid == daemon
     else:
         assert before_run.pid == daemon
-    run.wait_record("run", 2)
+    workers = {r.pid for r in run.wait_record("run", 2)}
+
+    pid_inode = (pid_path.stat().st_dev, pid_path.stat().st_ino)
+
+    def holds_pid_file(pid):
+        # By inode: the daemon's fd was opened under the temporary name.
+        found = False
+        for fd in helpers.open_fds(pid):
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue  # closed while we looked
+            found = found or (st.st_dev, st.st_ino) == pid_inode
+        return found
+    # The lock means "the daemon lives": only the daemon keeps the file open.
+    assert holds_pid_file(daemon)
+    assert not any(holds_pid_file(p) for p in workers | {before_run.pid} - {daemon})
     stop_daemon(daemon, run)
     assert not pid_path.exists(), "removed at a clean exit"
 
