@@ -250,3 +250,28 @@ def test_blog_post_example(tmp_path):
                     pass
                 reap(pid, 10)
         reap_zombie_children()
+
+
+def test_the_pyse_command_controls_through_the_pid_file(start, tmp_path):
+    import subprocess
+    import sys
+
+    pid_path = tmp_path / "daemon.pid"
+
+    def pyse_command(*args):
+        return subprocess.run([sys.executable, "-m", "pyse", *args, "-p", str(pid_path)],
+                              capture_output=True, text=True, timeout=30,
+                              env=helpers.marked_env())
+
+    pid_path.write_text("1\n")
+    stale = pyse_command("stop")
+    assert stale.returncode == 2
+    assert "is stale: pid 1 is not a running pyse daemon" in stale.stderr
+    run = start({"daemonize": True})
+    daemon = launched(run)
+    run.wait_record("run", 2)
+    assert pyse_command("reload").stdout.strip() == f"sent SIGUSR2 to {daemon}"
+    run.wait_record("reload", 2)
+    assert pyse_command("stop").returncode == 0
+    reap(daemon, 20)
+    assert not pid_path.exists()
