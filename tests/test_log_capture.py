@@ -173,3 +173,29 @@ def test_pipe_capture_splits_lines_and_flushes_the_rest_at_stop():
     assert texts == ["one", "", "long:" + "x" * (MAX_LINE - 5), "x" * 15,
                      "no newline at the end"]
     assert {name for name, _, _ in got} == {"stdout"}
+
+
+@pytest.mark.timeout(60)
+def test_log_through_a_symlink_to_fd2_is_not_captured_nor_rotated(start_run, tmp_path):
+    """A log named like /dev/stderr (a symlink to /proc/self/fd/2): reopened
+    in a process whose fd 2 is a capture pipe it would be that pipe, and
+    rotating would rename the symlink away.  So: no capture, no rotation,
+    no lock file.  (Our own symlink, so that a regression cannot rename the
+    machine's /dev/stderr, as one once did when run as root.)"""
+    link = tmp_path / "stderr-link"
+    os.symlink("/proc/self/fd/2", link)
+    run = start_run({"workers": 1, "test_output": True, "log": str(link),
+                     "log_rotate_size": 100})
+    run.wait_events("done", 1, 30)
+    run.proc.send_signal(signal.SIGUSR2)
+    run.wait_events("reload", 1, 10)
+    helpers.wait_for(lambda: "print at reload of worker 0" in run.outer_path.read_text(), 10,
+                     what="the worker's print after the reopen")
+    assert run.stop() == 0
+    out = run.outer_path.read_text()
+    assert out.count("print at reload of worker 0") == 1
+    assert re.search(r"^print from worker 0$", out, re.M), "raw: not captured"
+    assert re.search(r"^I, \[\S+ #\d+\] +INFO -- : worker 0 reloaded$", out, re.M)
+    assert link.is_symlink(), "the symlink was not rotated away"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stderr-link")) \
+        == ["stderr-link"], "no rotated generations, no lock file"

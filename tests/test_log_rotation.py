@@ -245,3 +245,19 @@ def test_a_log_in_a_directory_we_cannot_write_still_logs():
         assert sorted(p.name for p in directory.iterdir()) == ["x.log"]
     finally:
         shutil.rmtree(directory)
+
+
+def test_devices_and_symlinks_are_written_but_never_rotated(tmp_path):
+    target = tmp_path / "real.log"
+    link = tmp_path / "link.log"
+    os.symlink(target, link)
+    for path in ("/dev/null", str(link)):
+        log = SharedLogFile(path, rotate_size=10, rotate_age=3)
+        try:
+            assert not log.regular and not log.may_capture_std_fds()
+            log.write_lines([b"x" * 30 + b"\n"] * 3)
+        finally:
+            log.close()
+    assert link.is_symlink() and target.read_bytes() == (b"x" * 30 + b"\n") * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.log", "real.log"]
+    assert not os.path.exists("/dev/null.lock")

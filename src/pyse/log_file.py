@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 import weakref
@@ -57,7 +58,15 @@ class SharedLogFile:
         #: why there is no lock fd (then: no rotation), or None
         self.lock_error: Optional[str] = None
         self._fd = os.open(self.path, _OPEN_FLAGS, 0o644)
-        self._lock_fd = self._open_lock_fd()
+        #: a regular file named by a path that is not a symlink.  Anything
+        #: else is only written to: no lock file beside it, no following, no
+        #: rotation, no fd 1/2 capture.  Rotating renames the path, and
+        #: renaming /dev/stderr (a symlink to /proc/self/fd/2, which may be a
+        #: file) would replace a system symlink with our log; as root, it did.
+        self.regular = (stat.S_ISREG(os.fstat(self._fd).st_mode)
+                        and stat.S_ISREG(os.lstat(self.path).st_mode)
+                        and not self.path.startswith(("/dev/", "/proc/")))
+        self._lock_fd = self._open_lock_fd() if self.regular else -1
         self._lock_pid = os.getpid()
         _instances.add(self)
 
@@ -68,6 +77,13 @@ class SharedLogFile:
     def fileno(self) -> int:
         return self._fd
 
+    def may_capture_std_fds(self) -> bool:
+        """Whether fd 1/2 may be sent into this file: only a regular one (see
+        ``regular``).  ``/dev/stderr`` reopened (USR2) in a process whose
+        fd 2 is a capture pipe would open that very pipe, and the capture
+        would feed itself forever."""
+        return self.regular
+
     # -- writing -------------------------------------------------------------
     def write_lines(self, lines: Iterable[bytes]) -> None:
         """Appends each line (newline included) whole, rotating between lines
@@ -76,6 +92,9 @@ class SharedLogFile:
         if not lines:
             return
         with self._mutex:
+            if not self.regular:
+                self._write_all(b"".join(lines))
+                return
             lock_fd = self._own_lock_fd()
             if lock_fd < 0:
                 self._append_unlocked(lines, f"pyse: no log lock ({self.lock_error}): "
@@ -188,7 +207,7 @@ class SharedLogFile:
 
     def _own_lock_fd(self) -> int:
         pid = os.getpid()
-        if self._lock_pid != pid:
+        if self._lock_pid != pid and self.regular:
             # Forked: the inherited fd shares the parent's lock.  Closing our
             # copy leaves the parent's description (and any lock on it) alone.
             if self._lock_fd >= 0:

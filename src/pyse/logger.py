@@ -179,7 +179,7 @@ class LogSetup:
     def _start_capture(self, originals: Optional[dict[int, int]] = None) -> None:
         handler = self.handler
         # Only into a file: capturing fd 2 into a log written to fd 2 loops.
-        if not isinstance(handler, SharedFileHandler):
+        if not isinstance(handler, SharedFileHandler) or not handler.file.may_capture_std_fds():
             return
         fds = [fd for fd, key in ((1, "log_stdout"), (2, "log_stderr"))
                if self.config.get(key, True)]
