@@ -63,8 +63,16 @@ struct pyse_loop {
     int queue_head, queue_len, queue_cap;
 };
 
-/* Arms a one-shot POSIX timer that sends SIGKILL to this process. */
+/* Arms a one-shot POSIX timer that sends SIGKILL to this process (the
+ * prepared orphan timer, if there is one, and only once). */
 int pyse__arm_kill_timer(double seconds);
+
+/* From a signal handler: arms the prepared orphan timer if the parent that
+ * pyse_prepare_orphan_kill() named is gone.  Async-signal-safe. */
+void pyse__orphan_check_from_handler(void);
+
+/* In a fresh child: forgets the parent's orphan timer. */
+void pyse__orphan_forget(void);
 
 /* Closes every heartbeat fd the loop holds and forgets its children. */
 void pyse__close_child_fds(struct pyse_loop *loop);

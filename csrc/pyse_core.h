@@ -132,6 +132,13 @@ int pyse_child_after_fork(struct pyse_loop *loop, const int *close_fds, int coun
  * returns 1 if the parent is no longer expected_ppid, 0 if it is. */
 int pyse_set_parent_death_signal(int signo, int expected_ppid);
 
+/* Creates (disarmed) the SIGKILL timer of an orphan: from then on, any
+ * signal the loop owns that arrives once parent_pid is no longer the parent
+ * (PR_SET_PDEATHSIG's signal, above all) arms it for `seconds`, from the
+ * signal handler itself, so a process whose Python is wedged still dies.
+ * The lifeline hangup arms the same timer. */
+int pyse_prepare_orphan_kill(int parent_pid, double seconds);
+
 /* ---- misc ----------------------------------------------------------------- */
 
 double pyse_now(void);                  /* CLOCK_MONOTONIC, seconds */

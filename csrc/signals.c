@@ -1,8 +1,9 @@
 /* signals.c -- the self-pipe: signal handlers that only write a byte.
  *
  * A handler may interrupt anything, including malloc or a Python thread
- * holding the GIL, so it calls write(2) and nothing else, and keeps errno as
- * it found it.  The loop reads the bytes (signal numbers) in order.  If the
+ * holding the GIL, so it calls only async-signal-safe functions -- write(2),
+ * and getppid(2)/timer_settime(2) for a prepared orphan timer (child.c) --
+ * and keeps errno as it found it.  The loop reads the bytes (signal numbers) in order.  If the
  * pipe is full the byte is dropped: the reader is then at least 64 KiB of
  * signals behind and will wake anyway; SIGCHLD loses nothing because every
  * wake-up reaps. */
@@ -15,6 +16,8 @@ static void write_signal_byte(int signo)
     int saved_errno = errno;
     unsigned char byte = (unsigned char)signo;
     int fd = g_selfpipe_write;
+
+    pyse__orphan_check_from_handler();
 
     if (fd >= 0) {
         ssize_t written = write(fd, &byte, 1);

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from helpers import (close_quietly, is_zombie, kill_and_reap, open_fds, proc_stat, wait_for,
+from helpers import (close_quietly, is_running, is_zombie, kill_and_reap, open_fds, proc_stat, wait_for,
                      wait_pid_exit)
 from pyse import lowlevel
 from pyse.lowlevel import EventKind, KillConfig
@@ -749,6 +749,53 @@ def test_orphan_kill_timer_kills_a_wedged_orphan(tmp_path):
     took = lowlevel.now() - hung_up
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
     assert 0.1 <= took <= 0.1 + ON_TIME + 0.05, f"killed {took:.3f} s after the hangup"
+
+
+@pytest.mark.timeout(20)
+def test_prepared_orphan_timer_is_armed_by_a_signal_handler(tmp_path):
+    """The C signal handler arms the prepared timer by itself once the
+    parent changed: the grandchild never waits in the loop again (it sleeps
+    in Python, as a wedged worker would be stuck), yet dies by SIGKILL the
+    prepared delay after the signal.  The same signal while its parent
+    lives arms nothing."""
+    from recorder_harness import become_subreaper
+
+    become_subreaper()  # the orphan is re-parented to us, and reaped here
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(r)
+            parent = os.getpid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                with lowlevel.Loop() as worker_loop:
+                    worker_loop.own_signals([signal.SIGUSR1])
+                    lowlevel.prepare_orphan_kill(parent, 0.1)
+                    os.write(w, f"{os.getpid()}\n".encode())
+                    time.sleep(3600)
+                os._exit(4)
+            time.sleep(3600)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb", buffering=0) as reader:
+        grandchild = int(reader.readline())
+    os.kill(grandchild, signal.SIGUSR1)
+    # A negative: nothing may happen, so there is no event to wait for; 4x
+    # the delay is the window in which an armed timer would have fired.
+    time.sleep(0.4)
+    assert is_running(grandchild), "the timer was armed while the parent lived"
+    os.kill(middle, signal.SIGKILL)
+    wait_pid_exit(middle, 10)
+    wait_for(lambda: proc_stat(grandchild) is not None and proc_stat(grandchild).ppid != middle,
+             5, what="the re-parenting")
+    signalled = lowlevel.now()
+    os.kill(grandchild, signal.SIGUSR1)
+    status = wait_pid_exit(grandchild, 5)
+    took = lowlevel.now() - signalled
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    assert 0.1 <= took <= 0.1 + ON_TIME + 0.05, f"killed {took:.3f} s after the signal"
 
 
 @pytest.mark.stress

@@ -282,3 +282,9 @@ def child_after_fork(close_fds: Iterable[int] = ()) -> None:
 def set_parent_death_signal(signo: int, expected_ppid: int) -> bool:
     """PR_SET_PDEATHSIG; returns True if the parent is already gone."""
     return bool(_check(lib.pyse_set_parent_death_signal(int(signo), expected_ppid)))
+
+
+def prepare_orphan_kill(parent_pid: int, seconds: float) -> None:
+    """Creates this process's orphan SIGKILL timer, armed (by C, from a
+    signal handler if need be) once parent_pid is no longer the parent."""
+    _check(lib.pyse_prepare_orphan_kill(parent_pid, float(seconds)))

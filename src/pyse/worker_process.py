@@ -90,6 +90,11 @@ class WorkerProcess:
         # The server may already be gone (it died between fork and here): then
         # PR_SET_PDEATHSIG would never fire, and the lifeline says so anyway.
         parent_gone = lowlevel.set_parent_death_signal(GRACEFUL_STOP, self.link.parent_pid)
+        # The lifeline arms the kill timer only if the control thread is back
+        # in poll; when another thread holds the GIL it never gets there.  The
+        # death signal's C handler arms it without the GIL.
+        lowlevel.prepare_orphan_kill(self.link.parent_pid,
+                                     self.orphan_timeout + ORPHAN_KILL_GRACE)
 
         loop = self.loop = lowlevel.Loop(reap_any=False)
         loop.own_signals(WORKER_SIGNALS)
