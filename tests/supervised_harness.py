@@ -73,8 +73,28 @@ class SupervisedRun:
         return [r for r in self.records() if r.event == event]
 
     def wait_record(self, event: str, count: int = 1, timeout: float = 15.0) -> list[Record]:
-        return wait_until(lambda: (lambda rs: rs if len(rs) >= count else None)(self.of(event)),
-                          timeout, f"{count} {event!r} records")
+        try:
+            return wait_until(lambda: (lambda rs: rs if len(rs) >= count else None)(
+                self.of(event)), timeout, f"{count} {event!r} records")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.diagnosis()}") from None
+
+    def diagnosis(self) -> str:
+        """What the run looks like now: its processes, events and log tail."""
+        lines = ["processes:"]
+        for pid in self.members():
+            st = helpers.proc_stat(pid)
+            try:
+                with open(f"/proc/{pid}/wchan") as f:
+                    wchan = f.read()
+            except OSError:
+                wchan = "?"
+            lines.append(f"  {pid} ppid {st.ppid if st else '?'} state "
+                         f"{st.state if st else '?'} wchan {wchan} {helpers.cmdline(pid)}")
+        lines.append("events:\n" + self.events_path.read_text()[-2000:])
+        lines.append("log tail:\n" + "\n".join(self.log().splitlines()[-30:]))
+        lines.append("output:\n" + self.output()[-2000:])
+        return "\n".join(lines)
 
     def log(self) -> str:
         try:
