@@ -199,3 +199,29 @@ def test_log_through_a_symlink_to_fd2_is_not_captured_nor_rotated(start_run, tmp
     assert link.is_symlink(), "the symlink was not rotated away"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stderr-link")) \
         == ["stderr-link"], "no rotated generations, no lock file"
+
+
+def test_pipe_capture_outlives_a_failing_emit():
+    """If the reader thread died, the pipe would fill and every print()
+    would block: a failure is reported and the reading goes on."""
+    got: list[str] = []
+    failures = []
+
+    def emit(name, level, lines):
+        if not failures:
+            failures.append(lines)
+            raise RuntimeError("the log is having a bad day")
+        got.extend(lines)
+
+    spare = os.open("/dev/null", os.O_WRONLY)
+    capture = PipeCapture(emit, [spare])
+    try:
+        capture.start()
+        os.write(spare, b"lost\n")
+        helpers.wait_for(lambda: failures, 10, what="the first emit")
+        os.write(spare, b"x" * 200_000 + b"\nafter\n")   # more than a pipe holds
+        capture.stop()
+    finally:
+        os.close(spare)
+    assert failures == [["lost"]]
+    assert got[-1] == "after" and "".join(got[:-1]) == "x" * 200_000

@@ -178,14 +178,27 @@ class PipeCapture:
             events = poller.poll()
             if any(fd == self.wake_r for fd, _ in events):
                 for read_end in self.readers:
-                    self.drain(read_end, final=True)
+                    self.drain_reporting(read_end, final=True)
                 return
             for fd, _ in events:
-                if fd in open_ends and not self.drain(fd, final=False):
+                if fd in open_ends and not self.drain_reporting(fd, final=False):
                     # every writer closed it: flush the last partial line
                     poller.unregister(fd)
                     open_ends.discard(fd)
-                    self.drain(fd, final=True)
+                    self.drain_reporting(fd, final=True)
+
+    def drain_reporting(self, read_end: int, final: bool) -> bool:
+        """drain(), but this thread must outlive any failure: if it died, the
+        pipes would fill and every print() of the process would block."""
+        try:
+            return self.drain(read_end, final)
+        except Exception as e:
+            note = f"pyse: log capture of fd {self.readers.get(read_end)} failed: {e!r}\n"
+            try:
+                os.write(self.saved.get(2, 2), note.encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass  # no stderr left to tell; the capture goes on regardless
+            return True
 
     def drain(self, read_end: int, final: bool) -> bool:
         """Reads what the pipe holds now and emits its whole lines (and, when
@@ -193,8 +206,10 @@ class PipeCapture:
         data = self.partial.get(read_end, b"")
         alive = True
         reads = 0
-        # Bounded unless final, so one busy pipe cannot starve the other.
-        while final or reads < 16:
+        # Bounded, so one busy pipe cannot starve the other; the final drain
+        # more loosely, so a grandchild that never stops writing cannot hold
+        # the exit forever.
+        while reads < (1024 if final else 16):
             reads += 1
             try:
                 chunk = os.read(read_end, READ_SIZE)
