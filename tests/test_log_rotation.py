@@ -157,14 +157,18 @@ def test_a_stuck_lock_holder_delays_writers_but_does_not_stop_them(tmp_path):
         fcntl.flock(holder, fcntl.LOCK_EX)
         started = time.monotonic()
         log.write_lines([b"first line, longer than the limit\n"])
-        log.write_lines([b"second\n"])
         waited = time.monotonic() - started
+        log.write_lines([b"second\n"])
+        again = time.monotonic() - started - waited
         fcntl.flock(holder, fcntl.LOCK_UN)
         log.write_lines([b"third\n"])
     finally:
         os.close(holder)
         log.close()
-    assert 0.5 <= waited < 10, waited    # two waits of 0.3 s each
+    assert 0.3 <= waited < 10, waited
+    # Only the first line waits for a holder that seems stuck; the next ones
+    # try once and go on (a comparison, not a speed claim: 0.3 s vs ~0).
+    assert again < waited / 2, (again, waited)
     assert log.lock_timeouts == 2
     text = path.with_name("x.log.0").read_text()
     assert text.startswith("pyse: the log lock ") and text.count("pyse:") == 1
@@ -260,3 +264,25 @@ def test_devices_and_symlinks_are_written_but_never_rotated(tmp_path):
     assert link.is_symlink() and target.read_bytes() == (b"x" * 30 + b"\n") * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.log", "real.log"]
     assert not os.path.exists("/dev/null.lock")
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_worker_holding_the_lock_does_not_freeze_the_server(start_run):
+    """A worker SIGSTOPped while holding the log lock: the server still gets
+    to log the missed heartbeats, kill it and start a new one (with a
+    blocking flock it would wait forever at its first log line)."""
+    # QUIT first (a stopped process keeps it pending), so the server must
+    # log "sent SIGQUIT" while the holder is alive; KILL 2 s later.
+    run = start_run({"workers": 1, "test_stuck_lock_holder": True,
+                     "worker_heartbeat_interval": 0.1, "worker_heartbeat_timeout": 1.0,
+                     "worker_immediate_kill_interval": 0.5,
+                     "worker_immediate_kill_timeout": 2})
+    ((_, stuck),) = run.wait_events("holding", 1, 30)
+    run.wait_events("run", 2, 30)            # its replacement runs
+    assert not helpers.is_running(stuck)
+    text = run.log_path.read_text()
+    assert "no heartbeat for 1 s" in text
+    assert text.count("pyse: the log lock") == 1 and "was busy for 2 s" in text, text
+    assert "sent SIGQUIT" in text
+    assert "finished unexpectedly with signal SIGKILL" in text
+    assert run.stop() == 0

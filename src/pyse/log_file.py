@@ -54,6 +54,8 @@ class SharedLogFile:
         self.lock_timeout = lock_timeout
         #: writes done without the lock (none to be had, or its holder stuck)
         self.lock_timeouts = 0
+        #: the last wait for the lock timed out, and no take has worked since
+        self._lock_stuck = False
         self._mutex = threading.Lock()
         #: why there is no lock fd (then: no rotation), or None
         self.lock_error: Optional[str] = None
@@ -97,13 +99,15 @@ class SharedLogFile:
                 return
             lock_fd = self._own_lock_fd()
             if lock_fd < 0:
-                self._append_unlocked(lines, f"pyse: no log lock ({self.lock_error}): "
-                                             f"not rotating {self.path}\n")
+                self._append_unlocked(lines, None if self.lock_timeouts else (
+                    f"pyse: no log lock ({self.lock_error}): not rotating {self.path}\n"))
                 return
+            was_stuck = self._lock_stuck
             if not self._take_lock(lock_fd):
-                self._append_unlocked(lines, f"pyse: the log lock {self.lock_path} was busy "
-                                             f"for {self.lock_timeout:g} s (a stuck process "
-                                             f"holds it?); writing without it\n")
+                why = None if was_stuck else (
+                    f"pyse: the log lock {self.lock_path} was busy for {self.lock_timeout:g} s "
+                    f"(a stuck process holds it?); writing without it until it is free\n")
+                self._append_unlocked(lines, why)
                 return
             try:
                 self._follow_path()
@@ -120,6 +124,15 @@ class SharedLogFile:
         next log line, the server included, which could no longer kill that
         very worker.  Python has no flock with a timeout, so poll with a
         growing pause (uncontended, the first try succeeds)."""
+        if self._lock_stuck:
+            # Already waited once for this holder: do not make every line
+            # (the server's included) pay the whole timeout again.
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._lock_stuck = False
+            return True
         pause = 0.0001
         deadline = None
         while True:
@@ -132,17 +145,18 @@ class SharedLogFile:
             if deadline is None:
                 deadline = now + self.lock_timeout
             elif now >= deadline:
+                self._lock_stuck = True
                 return False
             time.sleep(min(pause, deadline - now))
             pause = min(pause * 2, 0.01)
 
-    def _append_unlocked(self, lines: list[bytes], why: str) -> None:
-        """No lock to be had: write anyway, without rotating (the first time,
-        after a line saying why).  O_APPEND keeps each line whole; at worst
+    def _append_unlocked(self, lines: list[bytes], why: Optional[str]) -> None:
+        """No lock to be had: write anyway, without rotating (after a line
+        saying why, when given).  O_APPEND keeps each line whole; at worst
         it lands in a file being shifted, still exactly once."""
         self.lock_timeouts += 1
         self._follow_path()
-        if self.lock_timeouts == 1:
+        if why is not None:
             lines = [why.encode("utf-8", "backslashreplace"), *lines]
         self._write_all(b"".join(lines))
 

@@ -10,13 +10,18 @@ Test-only config keys:
   test_output: each worker print()s, os.write()s to fd 1 and 2 and runs a
       child program that writes to both, then records "done";
   test_flood_bytes: each worker prints this many bytes in 100-byte lines,
-      then records "done".
+      then records "done";
+  test_stuck_lock_holder: the first worker 0 takes the log's lock, records
+      "holding" and stops itself (SIGSTOP), as a process stuck while
+      holding the lock.
 stop() print()s "last words of worker <id>" without a newline or a flush.
 The server print()s and os.write()s to fd 1 in before_run, and os.write()s
 "server raw at reload" at every reload.
 """
+import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -31,6 +36,11 @@ def record(event, worker_id):
         os.write(fd, f"{event} {worker_id} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
+
+
+def held_before():
+    with open(EVENTS) as f:
+        return any(line.startswith("holding ") for line in f)
 
 
 class WriterServer:
@@ -52,6 +62,11 @@ class WriterWorker:
     def run(self):
         wid = self.worker_id
         record("run", wid)
+        if self.config.get("test_stuck_lock_holder") and wid == 0 and not held_before():
+            fd = os.open(self.config["log"] + ".lock", os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            record("holding", wid)
+            os.kill(os.getpid(), signal.SIGSTOP)
         lines = self.config.get("test_lines")
         if lines:
             for i in range(lines):
