@@ -119,7 +119,12 @@ def test_disable_reload(start, disable):
     run.wait_record("reload", 1)
     if disable:
         run.wait_log("disable_reload is set: keeping the running configuration", count=2)
-        time.sleep(0.5)  # a second worker would start at once; give it the chance
+        # The server handles CONT in a later turn of its loop than USR2, after
+        # the turn that would have started a second worker: its status dump
+        # then shows whether that happened.
+        os.kill(run.pid, signal.SIGCONT)
+        run.wait_log("Worker 0: running")
+        assert "Worker 1:" not in run.log()
         assert len(run.of("run")) == 1
     else:
         run.wait_record("run", 2)
