@@ -265,3 +265,16 @@ def test_a_signal_forwarded_during_before_run_waits_for_the_server(start):
     (server, _) = run.wait_tree(run.pid, 1)
     assert run.of("before_run")[0].pid == server, "the server was not killed by USR2"
     assert "finished unexpectedly" not in run.log()
+
+
+def test_stop_during_a_live_restart_stops_old_and_new(start):
+    run = start({"server_detach_wait": 0.3, "test_stop_delay": 2.0, "workers": 1})
+    old, (old_worker,) = run.wait_tree(run.pid, 1)
+    os.kill(run.pid, signal.SIGINT)
+    wait_until(lambda: [r for r in run.of("run") if r.pid != old_worker], 20,
+               "the new server's worker")
+    assert helpers.is_running(old)
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait_exit(30) == 0
+    assert not run.members(), "the supervisor exits only after both servers"
+    assert len({r.pid for r in run.of("after_run")}) == 2
