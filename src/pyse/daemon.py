@@ -14,9 +14,9 @@ order (SPEC section 6):
    a server process (:mod:`pyse.supervisor`).
 
 "Up" means: the server's ``before_run()`` returned (under a supervisor: the
-first server process's ``before_run()``).  Only then is the pid file
-published (by the launcher when daemonized, by the process itself otherwise)
-and does the launcher exit 0.  A failure before that point (a bad log path,
+first server process's ``before_run()``).  Only then does the launcher
+publish the pid file and exit 0.  In the foreground the process writes its
+own pid file at once, before it drops privileges.  A failure before that point (a bad log path,
 a pid file in use, a failing privilege drop, ``initialize()`` or
 ``before_run()`` raising) makes the launcher print the error on its stderr
 and exit with ``daemonize_error_exit_code``.
