@@ -173,3 +173,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         print(message)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _started_runs(tmp_path, run_class):
+    """A fixture body: yields start(config, **kw) -> a run_class(tmp_path,
+    config, **kw), and closes (kills and reaps) every run it started."""
+    runs = []
+
+    def start(config, **kw):
+        run = run_class(tmp_path, config, **kw)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.close()
+
+
+@pytest.fixture
+def start_log_run(tmp_path):
+    """Starts tests/programs/log_writer.py servers (see log_harness)."""
+    from log_harness import LogWriterRun
+
+    yield from _started_runs(tmp_path, LogWriterRun)

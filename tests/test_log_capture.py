@@ -13,22 +13,7 @@ import time
 import pytest
 
 import helpers
-from log_harness import LogWriterRun
 from pyse.log_capture import MAX_LINE, PipeCapture
-
-
-@pytest.fixture
-def start_run(tmp_path):
-    runs = []
-
-    def start(config, **kw):
-        run = LogWriterRun(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
 
 
 def record_line(pid: int, severity: str, name: str, text: str) -> str:
@@ -36,8 +21,8 @@ def record_line(pid: int, severity: str, name: str, text: str) -> str:
 
 
 @pytest.mark.timeout(60)
-def test_print_fd_writes_and_child_programs_of_workers_reach_the_log(start_run):
-    run = start_run({"workers": 2, "test_output": True})
+def test_print_fd_writes_and_child_programs_of_workers_reach_the_log(start_log_run):
+    run = start_log_run({"workers": 2, "test_output": True})
     done = dict(run.wait_events("done", 2, 30))
     # The server stays single-threaded: no capture thread in a forking process.
     assert len(os.listdir(f"/proc/{run.pid}/task")) == 1
@@ -60,9 +45,9 @@ def test_print_fd_writes_and_child_programs_of_workers_reach_the_log(start_run):
 
 
 @pytest.mark.timeout(60)
-def test_no_capture_when_the_log_is_stderr(start_run):
+def test_no_capture_when_the_log_is_stderr(start_log_run):
     """log on stderr: capturing fd 2 into it would loop, so fd 1/2 stay."""
-    run = start_run({"workers": 1, "test_output": True, "log": None})
+    run = start_log_run({"workers": 1, "test_output": True, "log": None})
     run.wait_events("done", 1, 30)
     assert run.stop() == 0
     out = run.outer_path.read_text()
@@ -73,8 +58,8 @@ def test_no_capture_when_the_log_is_stderr(start_run):
 
 
 @pytest.mark.timeout(60)
-def test_log_stdout_false_leaves_fd1_alone(start_run):
-    run = start_run({"workers": 1, "test_output": True, "log_stdout": False})
+def test_log_stdout_false_leaves_fd1_alone(start_log_run):
+    run = start_log_run({"workers": 1, "test_output": True, "log_stdout": False})
     run.wait_events("done", 1, 30)
     assert run.stop() == 0
     log, out = run.log_path.read_text(), run.outer_path.read_text()
@@ -83,10 +68,10 @@ def test_log_stdout_false_leaves_fd1_alone(start_run):
 
 
 @pytest.mark.timeout(180)
-def test_a_worker_printing_10mb_does_not_block(start_run):
+def test_a_worker_printing_10mb_does_not_block(start_log_run):
     size = 10_000_000
     started = time.monotonic()
-    run = start_run({"workers": 1, "test_flood_bytes": size,
+    run = start_log_run({"workers": 1, "test_flood_bytes": size,
                      "log_rotate_size": 4 << 20, "log_rotate_age": 10})
     # Generous: a blocked worker never gets there at all.
     run.wait_events("done", 1, 120)
@@ -130,11 +115,11 @@ def test_embedded_server_captures_through_a_thread(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_reload_from_a_file_to_stderr_gives_fd1_and_fd2_back(start_run):
+def test_reload_from_a_file_to_stderr_gives_fd1_and_fd2_back(start_log_run):
     """After USR2 moves the log to stderr there is nothing to capture into:
     the server and the workers put their real fd 1/2 back (the terminal or
     whatever the daemon was started with), not the old log file."""
-    run = start_run({"workers": 1})
+    run = start_log_run({"workers": 1})
     run.wait_events("run", 1, 30)
     config = json.loads(run.config_path.read_text())
     config["log"] = None
@@ -176,7 +161,7 @@ def test_pipe_capture_splits_lines_and_flushes_the_rest_at_stop():
 
 
 @pytest.mark.timeout(60)
-def test_log_through_a_symlink_to_fd2_is_not_captured_nor_rotated(start_run, tmp_path):
+def test_log_through_a_symlink_to_fd2_is_not_captured_nor_rotated(start_log_run, tmp_path):
     """A log named like /dev/stderr (a symlink to /proc/self/fd/2): reopened
     in a process whose fd 2 is a capture pipe it would be that pipe, and
     rotating would rename the symlink away.  So: no capture, no rotation,
@@ -184,7 +169,7 @@ def test_log_through_a_symlink_to_fd2_is_not_captured_nor_rotated(start_run, tmp
     machine's /dev/stderr, as one once did when run as root.)"""
     link = tmp_path / "stderr-link"
     os.symlink("/proc/self/fd/2", link)
-    run = start_run({"workers": 1, "test_output": True, "log": str(link),
+    run = start_log_run({"workers": 1, "test_output": True, "log": str(link),
                      "log_rotate_size": 100})
     run.wait_events("done", 1, 30)
     run.proc.send_signal(signal.SIGUSR2)

@@ -17,24 +17,9 @@ from pathlib import Path
 import pytest
 
 import helpers
-from log_harness import LogWriterRun
 from pyse.log_file import SharedLogFile
 
 LINE = re.compile(r"line w(\d) n(\d+)\n")
-
-
-@pytest.fixture
-def start_run(tmp_path):
-    runs = []
-
-    def start(config, **kw):
-        run = LogWriterRun(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
 
 
 def check_sizes(files: list[Path], limit: int) -> None:
@@ -46,9 +31,9 @@ def check_sizes(files: list[Path], limit: int) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_four_workers_through_rotation_lose_and_duplicate_no_line(start_run):
+def test_four_workers_through_rotation_lose_and_duplicate_no_line(start_log_run):
     limit = 64 * 1024
-    run = start_run({"workers": 4, "test_lines": 5000, "log_rotate_size": limit,
+    run = start_log_run({"workers": 4, "test_lines": 5000, "log_rotate_size": limit,
                      "log_rotate_age": 100})
     run.wait_events("done", 4, 90)
     assert run.stop() == 0
@@ -75,9 +60,9 @@ def test_four_workers_through_rotation_lose_and_duplicate_no_line(start_run):
 
 
 @pytest.mark.timeout(120)
-def test_generations_kept_equal_log_rotate_age(start_run):
+def test_generations_kept_equal_log_rotate_age(start_log_run):
     limit = 16 * 1024
-    run = start_run({"workers": 1, "test_lines": 4000, "log_rotate_size": limit,
+    run = start_log_run({"workers": 1, "test_lines": 4000, "log_rotate_size": limit,
                      "log_rotate_age": 3})
     run.wait_events("done", 1, 90)
     assert run.stop() == 0
@@ -95,8 +80,8 @@ def fds_on(pid: int, path: Path) -> set[int]:
 
 
 @pytest.mark.timeout(60)
-def test_rotation_then_rename_and_usr2_reopen_everywhere(start_run, tmp_path):
-    run = start_run({"workers": 2, "test_lines": 1000, "log_rotate_size": 32 * 1024,
+def test_rotation_then_rename_and_usr2_reopen_everywhere(start_log_run, tmp_path):
+    run = start_log_run({"workers": 2, "test_lines": 1000, "log_rotate_size": 32 * 1024,
                      "log_rotate_age": 10})
     workers = {pid for _, pid in run.wait_events("done", 2, 30)}
     assert (tmp_path / "server.log.0").exists(), "it rotated before the USR2"
@@ -267,13 +252,13 @@ def test_devices_and_symlinks_are_written_but_never_rotated(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_stopped_worker_holding_the_lock_does_not_freeze_the_server(start_run):
+def test_a_stopped_worker_holding_the_lock_does_not_freeze_the_server(start_log_run):
     """A worker SIGSTOPped while holding the log lock: the server still gets
     to log the missed heartbeats, kill it and start a new one (with a
     blocking flock it would wait forever at its first log line)."""
     # QUIT first (a stopped process keeps it pending), so the server must
     # log "sent SIGQUIT" while the holder is alive; KILL 2 s later.
-    run = start_run({"workers": 1, "test_stuck_lock_holder": True,
+    run = start_log_run({"workers": 1, "test_stuck_lock_holder": True,
                      "worker_heartbeat_interval": 0.1, "worker_heartbeat_timeout": 1.0,
                      "worker_immediate_kill_interval": 0.5,
                      "worker_immediate_kill_timeout": 2})

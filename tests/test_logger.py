@@ -205,20 +205,6 @@ def test_write_failures_go_to_error_fd_not_to_sys_stderr(tmp_path):
 
 # ---- USR2 reload of log_level and log in a running process server ----------
 
-@pytest.fixture
-def start_run(tmp_path):
-    runs = []
-
-    def start(config, **kw):
-        run = LogWriterRun(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
-
-
 def rewrite_config(run: LogWriterRun, **changes) -> None:
     config = json.loads(run.config_path.read_text())
     config.update(changes)
@@ -228,8 +214,8 @@ def rewrite_config(run: LogWriterRun, **changes) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_usr2_reloads_log_level(start_run):
-    run = start_run({"workers": 1})
+def test_usr2_reloads_log_level(start_log_run):
+    run = start_log_run({"workers": 1})
     run.wait_events("run", 1, 30)
     rewrite_config(run, log_level="warn")
     run.proc.send_signal(signal.SIGUSR2)
@@ -248,8 +234,8 @@ def test_usr2_reloads_log_level(start_run):
 
 
 @pytest.mark.timeout(60)
-def test_usr2_moves_the_log_and_the_servers_fd1(start_run, tmp_path):
-    run = start_run({"workers": 1})
+def test_usr2_moves_the_log_and_the_servers_fd1(start_log_run, tmp_path):
+    run = start_log_run({"workers": 1})
     run.wait_events("run", 1, 30)
     moved = tmp_path / "moved.log"
     rewrite_config(run, log=str(moved))

@@ -11,7 +11,6 @@ import tracemalloc
 import pytest
 
 import helpers
-from log_harness import LogWriterRun
 from pyse import sigdump
 
 
@@ -125,25 +124,11 @@ def test_refuses_another_users_file(tmp_path):
 
 # ---- CONT to a running process server ----------------------------------------
 
-@pytest.fixture
-def start_run(tmp_path):
-    runs = []
-
-    def start(config, **kw):
-        run = LogWriterRun(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
-
-
 @pytest.mark.timeout(60)
-def test_cont_dumps_the_server_and_every_worker(start_run, tmp_path):
+def test_cont_dumps_the_server_and_every_worker(start_log_run, tmp_path):
     dumps = tmp_path / "dumps"
     dumps.mkdir()
-    run = start_run({"workers": 2}, env={"TMPDIR": str(dumps)})
+    run = start_log_run({"workers": 2}, env={"TMPDIR": str(dumps)})
     workers = [pid for _, pid in run.wait_events("run", 2, 30)]
     run.proc.send_signal(signal.SIGCONT)
     for pid in [run.pid, *workers]:
@@ -162,10 +147,10 @@ def test_cont_dumps_the_server_and_every_worker(start_run, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_a_planted_symlink_does_not_stop_the_server(start_run, tmp_path):
+def test_a_planted_symlink_does_not_stop_the_server(start_log_run, tmp_path):
     dumps = tmp_path / "dumps"
     dumps.mkdir()
-    run = start_run({"workers": 1}, env={"TMPDIR": str(dumps)})
+    run = start_log_run({"workers": 1}, env={"TMPDIR": str(dumps)})
     run.wait_events("run", 1, 30)
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -179,10 +164,10 @@ def test_a_planted_symlink_does_not_stop_the_server(start_run, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_disable_sigdump(start_run, tmp_path):
+def test_disable_sigdump(start_log_run, tmp_path):
     dumps = tmp_path / "dumps"
     dumps.mkdir()
-    run = start_run({"workers": 1, "disable_sigdump": True}, env={"TMPDIR": str(dumps)})
+    run = start_log_run({"workers": 1, "disable_sigdump": True}, env={"TMPDIR": str(dumps)})
     _, worker = run.wait_events("run", 1, 30)[0]
     run.proc.send_signal(signal.SIGCONT)
     run.wait_log("Worker 0 received SIGCONT", 10)
