@@ -139,7 +139,12 @@ class SupervisedRun:
 
     def close(self) -> None:
         """Kills whatever is left of this run and reaps it."""
-        helpers.kill_group(self.pid)
+        # Only while the launcher is unreaped: once reaped, its pid (and so
+        # its process group id) may already belong to another program --
+        # pids wrap within minutes here -- and killpg would kill that.  The
+        # environment scan below finds this run's processes in any case.
+        if self.proc.returncode is None:
+            helpers.kill_group(self.pid)
         self.proc.wait(10)
         for _ in range(3):
             left = self.members()
