@@ -22,6 +22,8 @@ import helpers
 from recorder_harness import become_subreaper, wait_until  # noqa: F401 (re-exported)
 
 PROGRAM = Path(__file__).parent / "programs" / "supervised.py"
+#: pids of launchers whose Popen has not reaped them yet: not ours to reap
+_unreaped_launchers: set[int] = set()
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class SupervisedRun:
                                      env=full_env, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
+        _unreaped_launchers.add(self.pid)
 
     def write_config(self, config: dict) -> None:
         base = {"worker_type": "process", "log_level": "debug", "log": str(self.log_path)}
@@ -135,7 +138,9 @@ class SupervisedRun:
         return wait_until(ready, timeout, f"a server with {workers} running workers")
 
     def wait_exit(self, timeout: float = 20.0) -> int:
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        _unreaped_launchers.discard(self.pid)
+        return code
 
     def close(self) -> None:
         """Kills whatever is left of this run and reaps it."""
@@ -145,7 +150,7 @@ class SupervisedRun:
         # environment scan below finds this run's processes in any case.
         if self.proc.returncode is None:
             helpers.kill_group(self.pid)
-        self.proc.wait(10)
+        self.wait_exit(10)
         for _ in range(3):
             left = self.members()
             if not left:
@@ -171,9 +176,10 @@ def reap(pid: int, timeout: float) -> None:
 
 
 def reap_zombie_children() -> None:
-    """Reaps exited processes re-parented to us (we are a subreaper)."""
+    """Reaps exited processes re-parented to us (we are a subreaper); not
+    the launchers, which their Popen objects reap."""
     for pid in helpers.children_of(os.getpid()):
-        if helpers.is_zombie(pid):
+        if pid not in _unreaped_launchers and helpers.is_zombie(pid):
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
