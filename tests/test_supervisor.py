@@ -278,3 +278,11 @@ def test_stop_during_a_live_restart_stops_old_and_new(start):
     assert run.wait_exit(30) == 0
     assert not run.members(), "the supervisor exits only after both servers"
     assert len({r.pid for r in run.of("after_run")}) == 2
+
+
+def test_an_unrecoverable_exit_code_ends_the_supervisor_with_it(start):
+    run = start({"workers": 1, "unrecoverable_exit_codes": [42], "test_exit_code": 42})
+    assert run.wait_exit(30) == 42
+    assert "Server exited with unrecoverable code 42: stopping" in run.log()
+    assert len(run.of("before_run")) == 1, "not restarted"
+    assert not run.members()

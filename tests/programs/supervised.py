@@ -12,7 +12,8 @@ Usage: python supervised.py CONFIG.json  (re-read at every reload/restart).
 Test-only config keys: test_stop_delay (seconds a worker's run() keeps
 going after stop()), test_before_run ("raise": before_run raises; a number:
 sleeps that long first), test_control ("stop", "reload", ...: instead of
-running a daemon, call that Daemon method on the running one and exit).
+running a daemon, call that Daemon method on the running one and exit),
+test_exit_code (worker 0 exits with it at once).
 """
 import json
 import os
@@ -71,6 +72,9 @@ class TestWorker:
     def run(self):
         record("run", self.worker_id)
         record("ids", self.worker_id, ids())
+        code = self.config.get("test_exit_code")
+        if code is not None and self.worker_id == 0:
+            sys.exit(code)
         while not self.flag.wait_for_set(0.5):
             pass
         time.sleep(float(self.config.get("test_stop_delay", 0)))
