@@ -128,7 +128,11 @@ class RecorderRun:
         """Kills whatever is left of the tree, and reaps it."""
         # Workers stay in the server's process group even once orphaned;
         # kill_group also reaps the ones re-parented to us (the subreaper).
-        helpers.kill_group(self.pid)
+        # Only while the server is unreaped: after that its pid, and so the
+        # group id, may be handed to another test's program (pids wrap
+        # within minutes here).  Recorded workers are killed by pid below.
+        if self.proc.returncode is None:
+            helpers.kill_group(self.pid)
         self.proc.wait(10)
         self.records()
         for pid in self.known_pids:

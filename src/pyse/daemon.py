@@ -258,12 +258,9 @@ def preload_modules(config: dict) -> None:
 
 
 def drop_privileges(config: dict) -> None:
-    user, group, umask = config.get("chuser"), config.get("chgroup"), config.get("chumask")
-    if user is None and group is None and umask is None:
-        return
     from pyse import privilege
 
     try:
-        privilege.change(user, group, umask)
+        privilege.change_from_config(config)
     except privilege.PrivilegeError as e:
-        raise StartupError(f"chuser {user!r} / chgroup {group!r}: {e}") from e
+        raise StartupError(str(e)) from e

@@ -47,6 +47,26 @@ def lookup_group(group: Union[int, str]) -> int:
         raise PrivilegeError(f"no group {group!r} on this system") from None
 
 
+def identity_from_config(config: dict, prefix: str = "") -> tuple[Id, Id, Optional[int]]:
+    """(user, group, umask) from ``<prefix>chuser``, ``<prefix>chgroup`` and
+    ``<prefix>chumask``; prefix is "" for the daemon, "worker_" for workers."""
+    return (config.get(prefix + "chuser"), config.get(prefix + "chgroup"),
+            config.get(prefix + "chumask"))
+
+
+def change_from_config(config: dict, prefix: str = "") -> None:
+    """:func:`change` to the identity the config names, if any; the error
+    names the configuration keys, so a user knows which one to fix."""
+    user, group, umask = identity_from_config(config, prefix)
+    if user is None and group is None and umask is None:
+        return
+    try:
+        change(user, group, umask)
+    except PrivilegeError as e:
+        raise PrivilegeError(f"{prefix}chuser {user!r} / {prefix}chgroup {group!r} / "
+                             f"{prefix}chumask {umask!r}: {e}") from e
+
+
 def change(user: Id, group: Id, umask: Optional[int] = None) -> None:
     """Switches to group (or the user's primary group), the user's
     supplementary groups, then the user; sets the umask.  None leaves that

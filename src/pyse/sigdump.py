@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+import tracemalloc  # here, not lazily: a dump after chuser may not read the stdlib
 from typing import Optional
 
 _OPEN_FLAGS = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -80,8 +81,6 @@ def _memory_figures() -> list[str]:
     except OSError as e:
         figures.append(f"unknown ({e.strerror})")
     lines = ["  Memory: " + ", ".join(figures)]
-    import tracemalloc
-
     if tracemalloc.is_tracing():
         current, peak = tracemalloc.get_traced_memory()
         lines.append(f"  tracemalloc: {current} bytes traced, peak {peak}; top allocations:")

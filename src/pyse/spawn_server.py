@@ -113,13 +113,12 @@ class SpawnServer(ProcessServer):
         server_pid = os.getpid()
         env[HEARTBEAT_INTERVAL_ENV] = repr(float(self.config.get("worker_heartbeat_interval", 1.0)))
         loop = self.loop
-        identity = (self.config.get("worker_chuser"), self.config.get("worker_chgroup"),
-                    self.config.get("worker_chumask"))
+        config = self.config
 
         def child_main(heartbeat_w: int, close_fds: list[int], restore_mask: set) -> None:
             exec_command(argv, env, loop=loop, server_pid=server_pid, heartbeat_fd=heartbeat_w,
                          close_fds=[*close_fds, error_r], error_fd=error_w,
-                         restore_mask=restore_mask, identity=identity)
+                         restore_mask=restore_mask, config=config)
 
         try:
             try:
@@ -174,17 +173,17 @@ def read_all(fd: int) -> bytes:
 
 def exec_command(argv: list[str], env: dict, *, loop: Optional[lowlevel.Loop], server_pid: int,
                  heartbeat_fd: int, close_fds: list[int], error_fd: int,
-                 restore_mask: set, identity: tuple = (None, None, None)) -> None:
+                 restore_mask: set, config: Optional[dict] = None) -> None:
     """In the forked child: drop the server's loop and fds, switch to
-    ``identity`` (worker_chuser, worker_chgroup, worker_chumask), offer the
+    the identity ``config`` names (worker_chuser, worker_chgroup, worker_chumask), offer the
     heartbeat fd, restore signals, exec.  Never returns."""
     try:
         if loop is not None:
             loop.abandon_in_child(close_fds)
         else:
             lowlevel.child_after_fork(close_fds)
-        if any(part is not None for part in identity):
-            privilege.change(*identity)
+        if config is not None:
+            privilege.change_from_config(config, "worker_")
         # The command cannot watch a lifeline it knows nothing of: the kernel
         # sends it TERM (a graceful stop) when the server dies.  Set after the
         # identity change, which clears it.

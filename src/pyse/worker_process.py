@@ -133,13 +133,9 @@ class WorkerProcess:
             setproctitle.setproctitle(format_process_name(fmt, self.worker.worker_id))
 
     def drop_privileges(self) -> None:
-        user, group, umask = (self.config.get("worker_chuser"), self.config.get("worker_chgroup"),
-                              self.config.get("worker_chumask"))
-        if user is None and group is None and umask is None:
-            return
         from pyse import privilege
 
-        privilege.change(user, group, umask)
+        privilege.change_from_config(self.config, "worker_")
 
     # -- the control thread --------------------------------------------------
     def control(self) -> None:

@@ -1,0 +1,27 @@
+"""Privilege errors name the configuration key to fix (no root needed)."""
+from __future__ import annotations
+
+import pytest
+
+from pyse import privilege
+
+
+@pytest.mark.parametrize("prefix", ["", "worker_"])
+def test_an_unknown_user_names_the_key(prefix):
+    config = {prefix + "chuser": "pyse-no-such-user-x9"}
+    with pytest.raises(privilege.PrivilegeError) as info:
+        privilege.change_from_config(config, prefix)
+    message = str(info.value)
+    assert message.startswith(f"{prefix}chuser 'pyse-no-such-user-x9' / {prefix}chgroup None")
+    assert "no user 'pyse-no-such-user-x9' on this system" in message
+
+
+def test_an_unknown_group_names_the_key():
+    with pytest.raises(privilege.PrivilegeError, match=r"worker_chgroup 'pyse-no-such-group-x9'"
+                                                       r".*no group 'pyse-no-such-group-x9'"):
+        privilege.change_from_config({"worker_chgroup": "pyse-no-such-group-x9"}, "worker_")
+
+
+def test_nothing_configured_changes_nothing():
+    privilege.change_from_config({"chuser": None, "chgroup": None, "chumask": None})
+    assert privilege.identity_from_config({"worker_chumask": 0o22}, "worker_") == (None, None, 0o22)
