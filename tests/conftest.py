@@ -60,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
     fd, _fork_log_path = tempfile.mkstemp(prefix="pyse-test-forks-")
     os.close(fd)
     os.register_at_fork(after_in_child=_record_fork)
+    # Orphans of the trees tests build (workers of a SIGKILLed server, a
+    # daemon after its double fork) are re-parented to pytest, so the
+    # leftover checks see them and they are reaped here.
+    helpers.become_subreaper()
 
 
 def _recorded_forks(offset: int = 0) -> tuple[set[tuple[int, int]], int]:
@@ -175,24 +179,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _started_runs(tmp_path, run_class):
-    """A fixture body: yields start(config, **kw) -> a run_class(tmp_path,
-    config, **kw), and closes (kills and reaps) every run it started."""
-    runs = []
-
-    def start(config, **kw):
-        run = run_class(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
-
-
 @pytest.fixture
 def start_log_run(tmp_path):
     """Starts tests/programs/log_writer.py servers (see log_harness)."""
     from log_harness import LogWriterRun
 
-    yield from _started_runs(tmp_path, LogWriterRun)
+    yield from helpers.started_runs(lambda config, **kw: LogWriterRun(tmp_path, config, **kw))
+
+
+@pytest.fixture
+def run_server(tmp_path):
+    """Starts tests/programs/recorder.py servers (see recorder_harness)."""
+    from recorder_harness import RecorderRun
+
+    yield from helpers.started_runs(lambda config, **kw: RecorderRun(tmp_path, config, **kw))
+
+
+@pytest.fixture
+def run_hooks(tmp_path):
+    """Starts tests/programs/hook_recorder.py servers, any worker type."""
+    from hook_harness import HookRun
+
+    yield from helpers.started_runs(lambda config, **kw: HookRun(tmp_path, config, **kw))

@@ -408,3 +408,33 @@ def close_quietly(*fds: int) -> None:
         except OSError as e:
             if e.errno != errno.EBADF:
                 raise
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Makes this process a child subreaper: processes orphaned below it
+    (workers of a SIGKILLed server, a daemon after its double fork) are
+    re-parented to it, so they stay visible to the leftover checks and are
+    reaped here, not by whatever PID 1 the machine has."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def started_runs(make: Callable[..., T]) -> Iterator[Callable[..., T]]:
+    """A fixture body: yields start(*args, **kw) -> make(*args, **kw), and
+    at teardown close()s (kills and reaps) every run it started."""
+    runs = []
+
+    def start(*args, **kw):
+        run = make(*args, **kw)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.close()

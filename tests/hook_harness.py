@@ -1,14 +1,13 @@
 """Runs tests/programs/hook_recorder.py (recorder.py's workers under a
 server module that records its hooks) for any worker type; the
-``run_hooks`` fixture starts runs and kills and reaps whatever is left."""
+``run_hooks`` fixture (conftest) starts runs and kills and reaps whatever
+is left."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Optional
 
-import pytest
-
-from recorder_harness import RecorderRun, become_subreaper
+from recorder_harness import RecorderRun
 
 PROGRAM = Path(__file__).parent / "programs" / "hook_recorder.py"
 
@@ -29,22 +28,3 @@ class HookRun(RecorderRun):
             if r.event in ("run", "return"):
                 counts[r.worker_id] = counts.get(r.worker_id, 0) + (1 if r.event == "run" else -1)
         return {wid for wid, n in counts.items() if n > 0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def subreaper():
-    become_subreaper()
-
-
-@pytest.fixture
-def run_hooks(tmp_path):
-    runs: list[HookRun] = []
-
-    def start(config: dict, **kw) -> HookRun:
-        run = HookRun(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()

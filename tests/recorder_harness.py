@@ -6,7 +6,6 @@ by whatever PID 1 the machine has.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -17,21 +16,12 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import helpers
-from helpers import children_of, open_fds
+from helpers import children_of, open_fds  # noqa: F401 (re-exported for tests)
 from helpers import is_running as pid_alive
 
 T = TypeVar("T")
 
 PROGRAM = Path(__file__).parent / "programs" / "recorder.py"
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
 @dataclass(frozen=True)
 class Record:
     event: str

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import helpers
-from recorder_harness import become_subreaper, wait_until  # noqa: F401 (re-exported)
+from recorder_harness import wait_until  # noqa: F401 (re-exported for tests)
 
 PROGRAM = Path(__file__).parent / "programs" / "supervised.py"
 #: pids of launchers whose Popen has not reaped them yet: not ours to reap

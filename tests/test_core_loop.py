@@ -758,9 +758,6 @@ def test_prepared_orphan_timer_is_armed_by_a_signal_handler(tmp_path):
     in Python, as a wedged worker would be stuck), yet dies by SIGKILL the
     prepared delay after the signal.  The same signal while its parent
     lives arms nothing."""
-    from recorder_harness import become_subreaper
-
-    become_subreaper()  # the orphan is re-parented to us, and reaped here
     r, w = os.pipe()
     middle = os.fork()
     if middle == 0:

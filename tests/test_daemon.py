@@ -11,15 +11,10 @@ import pytest
 
 import helpers
 from pyse import pidfile
-from supervised_harness import SupervisedRun, become_subreaper, reap, wait_until
+from supervised_harness import SupervisedRun, reap, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 ERROR_CODE = 7
-
-
-@pytest.fixture(autouse=True, scope="module")
-def subreaper():
-    become_subreaper()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from hook_harness import run_hooks, subreaper  # noqa: F401 (fixtures)
 from recorder_harness import children_of, wait_until
 
 pytestmark = pytest.mark.timeout(60)

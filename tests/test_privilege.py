@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from supervised_harness import SupervisedRun, become_subreaper, proc_status, reap, wait_until
+from supervised_harness import SupervisedRun, proc_status, reap, wait_until
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -25,11 +25,6 @@ pytestmark = [
 ]
 NOBODY, NOGROUP = 65534, 65534
 ERROR_CODE = 9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def subreaper():
-    become_subreaper()
 
 
 @pytest.fixture(scope="module")

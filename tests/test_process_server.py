@@ -8,29 +8,9 @@ import time
 
 import pytest
 
-from recorder_harness import (RecorderRun, become_subreaper, open_fds, pid_alive, reap_orphan,
-                              wait_until, zombie_children)
+from recorder_harness import (open_fds, pid_alive, reap_orphan, wait_until, zombie_children)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def subreaper():
-    become_subreaper()
-
-
-@pytest.fixture
-def run_server(tmp_path):
-    runs = []
-
-    def start(config, **kw):
-        run = RecorderRun(tmp_path, config, **kw)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
 
 
 def test_blog_post_scenario(run_server):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from recorder_harness import RecorderRun, become_subreaper, pid_alive, wait_until, zombie_children
+from recorder_harness import RecorderRun, pid_alive, wait_until, zombie_children
 
 WORKERS = 2
 NON_TERMINAL = [signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2, signal.SIGCONT]
@@ -20,7 +20,6 @@ NON_TERMINAL = [signal.SIGUSR1, signal.SIGHUP, signal.SIGUSR2, signal.SIGCONT]
 class ServerMachine(RuleBasedStateMachine):
     @initialize(final=st.sampled_from([signal.SIGTERM, signal.SIGQUIT, signal.SIGINT]))
     def start(self, final):
-        become_subreaper()
         self.tmp = tempfile.TemporaryDirectory()
         self.final = final
         self.run = RecorderRun(Path(self.tmp.name), {

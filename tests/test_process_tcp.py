@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from recorder_harness import RecorderRun, become_subreaper, wait_until
+from recorder_harness import RecorderRun
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,7 +22,6 @@ def free_port() -> int:
 
 
 def test_no_connection_refused_while_workers_are_killed(tmp_path):
-    become_subreaper()
     port = free_port()
     run = RecorderRun(tmp_path, {"workers": 4, "test_server": "tcp", "test_port": port,
                                  "log_level": "info"})

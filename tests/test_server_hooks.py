@@ -10,7 +10,6 @@ import time
 import pytest
 
 from helpers import close_quietly
-from hook_harness import run_hooks, subreaper  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,6 @@ import pytest
 
 from helpers import cmdline, environ_of
 from pyse.spawn_server import ProcessManager
-from hook_harness import run_hooks, subreaper  # noqa: F401 (fixtures)
 from recorder_harness import open_fds, reap_orphan, wait_until
 
 pytestmark = pytest.mark.timeout(60)

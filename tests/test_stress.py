@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from recorder_harness import (RecorderRun, become_subreaper, open_fds, pid_alive, wait_until,
+from recorder_harness import (RecorderRun, open_fds, pid_alive, wait_until,
                               zombie_children)
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(900)]
@@ -26,7 +26,6 @@ STORM = int(os.environ.get("PYSE_STRESS_SIGNALS", str(max(KILLS // 10, 100))))
 
 @pytest.fixture
 def server(tmp_path):
-    become_subreaper()
     runs = []
 
     def start(config):

@@ -11,15 +11,10 @@ import time
 import pytest
 
 import helpers
-from supervised_harness import (SupervisedRun, become_subreaper, reap, reap_zombie_children,
+from supervised_harness import (SupervisedRun, reap, reap_zombie_children,
                                 title, wait_until)
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def subreaper():
-    become_subreaper()
 
 
 @pytest.fixture

@@ -121,34 +121,14 @@ class ProcessServer(MultiWorkerServer):
         pid, heartbeat_r = self.fork_child(child_main)
         self.adopt_worker(slot, worker, pid, heartbeat_r, now)
 
-    def fork_child(self, child_main: Callable[[int, list[int], set], None]) -> tuple[int, int]:
-        """Forks a child monitored through a new heartbeat pipe; returns its
-        pid and the pipe's read end.  The child runs ``child_main(heartbeat
-        write end, fds it must close, signal mask to restore)``, which owns
-        the child's fd hygiene and must end in ``os._exit``."""
+    def fork_child(self, child_main: Callable[[int, list[int], set], Optional[int]]
+                   ) -> tuple[int, int]:
+        """Forks a worker monitored through a new heartbeat pipe; see
+        :func:`fork_monitored`."""
         assert self._lifeline is not None
-        heartbeat_r, heartbeat_w = os.pipe()
-        close_fds = [heartbeat_r, self._lifeline[1], *self.private_fds,
-                     *(self.parent_link.fds() if self.parent_link else ())]
-        # Block the signals the loop owns across the fork: until the child has
-        # dropped the parent's handlers, a signal sent to it would land in the
-        # parent's self-pipe and look like a signal to the server.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
-        try:
-            pid = os.fork()
-        except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            os.close(heartbeat_r)
-            os.close(heartbeat_w)
-            raise
-        if pid == 0:  # the child; never returns into the server's stack
-            try:
-                child_main(heartbeat_w, close_fds, blocked)
-            finally:
-                os._exit(worker_process.EXIT_RUN_RAISED)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(heartbeat_w)
-        return pid, heartbeat_r
+        return fork_monitored(child_main, [self._lifeline[1], *self.private_fds,
+                                           *(self.parent_link.fds() if self.parent_link else ())],
+                              worker_process.EXIT_RUN_RAISED)
 
     def adopt_worker(self, slot: WorkerSlot, worker: Any, pid: int, heartbeat_r: int,
                      now: float) -> None:
@@ -199,3 +179,39 @@ class ProcessServer(MultiWorkerServer):
         """worker id -> pid of the workers alive now."""
         return {s.worker_id: s.handle for s in self.slots
                 if s.state in (SlotState.RUNNING, SlotState.STOPPING) and s.handle}
+
+
+def fork_monitored(child_main: Callable[[int, list[int], set], Optional[int]],
+                   close_fds: list[int], failure_code: int) -> tuple[int, int]:
+    """Forks a child that a loop will monitor through a new heartbeat pipe;
+    returns its pid and the pipe's read end (the write end is closed here).
+
+    The child runs ``child_main(heartbeat write end, fds it must close,
+    signal mask to restore)``, which owns the child's fd hygiene, and then
+    ends in ``os._exit`` with what child_main returned (``failure_code`` if
+    it returned None or raised): it never returns into the parent's stack."""
+    heartbeat_r, heartbeat_w = os.pipe()
+    close_fds = [heartbeat_r, *close_fds]
+    # Block the signals the loop owns across the fork: until the child has
+    # dropped the parent's handlers, a signal sent to it would land in the
+    # parent's self-pipe and look like a signal to the parent.  The child
+    # keeps them blocked until its own loop takes them over.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(heartbeat_r)
+        os.close(heartbeat_w)
+        raise
+    if pid == 0:
+        code = failure_code
+        try:
+            returned = child_main(heartbeat_w, close_fds, blocked)
+            if returned is not None:
+                code = returned
+        finally:
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    os.close(heartbeat_w)
+    return pid, heartbeat_r

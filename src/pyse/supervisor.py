@@ -24,9 +24,7 @@ exits instead of starting a new server.  See docs/supervisor.md.
 from __future__ import annotations
 
 import enum
-import inspect
 import os
-import signal
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -37,6 +35,7 @@ import setproctitle
 from pyse import lowlevel
 from pyse.lowlevel import Event, EventKind, KillConfig
 from pyse.parent_link import ParentLink
+from pyse.process_server import fork_monitored
 from pyse.server import Server
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
                           describe_wait_status, exit_code_of, signal_name)
@@ -200,33 +199,21 @@ class Supervisor(Server):
 
     def fork_server(self, server: Server) -> int:
         assert self.loop is not None and self._lifeline is not None
-        heartbeat_r, heartbeat_w = os.pipe()
+        loop, ready, supervisor_pid = self.loop, self._ready, os.getpid()
         lifeline_r, lifeline_w = self._lifeline
-        ready = self._ready
-        close_fds = [heartbeat_r, lifeline_w, *self._private_fds]
-        supervisor_pid = os.getpid()
-        # As for workers: the loop's signals stay blocked across the fork, and
-        # in the server until its own loop takes them over (which unblocks
-        # them), so none lands in our self-pipe or kills it by default.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
-        try:
-            pid = os.fork()
-        except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            os.close(heartbeat_r)
-            os.close(heartbeat_w)
-            raise
-        if pid == 0:
-            code = EXIT_SERVER_FAILED
+
+        def child_main(heartbeat_w: int, close_fds: list[int], _blocked: set) -> int:
+            # The loop's signals stay blocked in the server until its own loop
+            # takes them over (which unblocks them).
             try:
-                self.loop.abandon_in_child(close_fds)
-                code = server_process(server, supervisor_pid, heartbeat_w, lifeline_r, ready)
+                loop.abandon_in_child(close_fds)
+                return server_process(server, supervisor_pid, heartbeat_w, lifeline_r, ready)
             finally:
                 flush_logs(server)
-                os._exit(code)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(heartbeat_w)
-        self.loop.add_child(pid, heartbeat_r, self.kill_config)
+
+        pid, heartbeat_r = fork_monitored(child_main, [lifeline_w, *self._private_fds],
+                                          EXIT_SERVER_FAILED)
+        loop.add_child(pid, heartbeat_r, self.kill_config)
         return pid
 
     def server_exited(self, proc: ServerProcess, status: int, now: float) -> None:
@@ -378,13 +365,10 @@ def server_process(server: Server, supervisor_pid: int, heartbeat_fd: int, lifel
 
 def log_after_fork(server: Server, config: dict) -> None:
     setup = getattr(server, "_log_setup", None)
-    after_fork = getattr(setup, "after_fork_child", None)
-    if after_fork is None:
-        return
-    if "threads_allowed" in inspect.signature(after_fork).parameters:
-        after_fork(threads_allowed=config.get("worker_type") in ("embedded", "thread"))
-    else:
-        after_fork()
+    if setup is not None:
+        # A server that forks workers must stay single-threaded: no capture
+        # reader thread in it.
+        setup.after_fork_child(threads_allowed=config.get("worker_type") in ("embedded", "thread"))
 
 
 def flush_logs(server: Server) -> None:
