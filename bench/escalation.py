@@ -47,15 +47,21 @@ def nominal_sequence(cfg: dict = ESCALATION) -> str:
         seq, n = seq + "Q", n + 1
 
 
-def step_lateness(arrivals: list[tuple[str, float]], cfg: dict = ESCALATION) -> list[tuple[str, float]]:
-    """(letter, seconds late; negative: early) for every step after the first
-    TERM, whose own time is the base.  ``arrivals`` are (T|Q|K, time) in time
-    order.  Each chain is followed on its own (a TERM is due after the
-    previous TERM, a QUIT after the previous QUIT), so a TERM that a slow
-    in-worker path records just after a QUIT is still judged fairly.
+def step_lateness(arrivals: list[tuple[str, float]], requested: float,
+                  cfg: dict = ESCALATION) -> list[tuple[str, float]]:
+    """(letter, seconds late; negative: early) for every step but the first
+    TERM (whose delay after ``requested``, the moment TERM was sent to the
+    server, is reported on its own).  ``arrivals`` are (T|Q|K, time) in time
+    order.  As in SPEC section 5, the graceful stop starts when it is
+    requested: the first QUIT is due ``graceful_kill_timeout`` after
+    ``requested``, however late the first TERM went out.  Each chain is
+    followed on its own (a TERM is due after the previous TERM, a QUIT after
+    the previous QUIT), so a TERM that a slow in-worker path records just
+    after a QUIT is judged fairly, and a late step counts once, not again in
+    every step after it.
 
     >>> def show(arrivals):
-    ...     return " ".join(f"{k}{late * 1000:+.0f}" for k, late in step_lateness(arrivals))
+    ...     return " ".join(f"{k}{late * 1000:+.0f}" for k, late in step_lateness(arrivals, 0.0))
     >>> show([("T", 0), ("T", .2), ("T", .5), ("T", .9), ("Q", 1.0), ("Q", 1.2), ("K", 1.5)])
     'T+0 T+0 T+0 Q+0 Q+0 K+0'
 
@@ -64,11 +70,14 @@ def step_lateness(arrivals: list[tuple[str, float]], cfg: dict = ESCALATION) -> 
     >>> show([("T", 0), ("T", .25), ("T", .55), ("T", .95), ("Q", 1.0), ("Q", 1.2), ("K", 1.5)])
     'T+50 T+0 T+0 Q+0 Q+0 K+0'
 
-    A QUIT straight after the first TERM is 1 s early; a KILL with no QUIT
-    seen is due at graceful + immediate timeout (1.4 s):
+    A first TERM 1 s late, then a QUIT on time (recorded before that TERM)
+    and a KILL with it, 400 ms early:
 
-    >>> show([("T", 0), ("Q", 0.0), ("T", 1.0), ("K", 1.0)])
-    'Q-1000 T+800 K+600'
+    >>> show([("Q", 1.0), ("T", 1.001), ("K", 1.002)])
+    'Q+0 K-398'
+
+    A KILL with no QUIT seen is due at graceful + immediate timeout (1.4 s):
+
     >>> show([("T", 0), ("T", 1.0), ("K", 1.0)])
     'T+800 K-400'
     """
@@ -78,18 +87,19 @@ def step_lateness(arrivals: list[tuple[str, float]], cfg: dict = ESCALATION) -> 
     ii, iinc, it = (cfg["worker_immediate_kill_interval"],
                     cfg["worker_immediate_kill_interval_increment"],
                     cfg["worker_immediate_kill_timeout"])
-    graceful_start = prev_term = arrivals[0][1]
+    first_term = next(i for i, a in enumerate(arrivals) if a[0] == "T")
+    prev_term = arrivals[first_term][1]
     first_quit = prev_quit = None
     terms = quits = 0           # steps sent so far in each chain, after its first
     out = []
-    for letter, t in arrivals[1:]:
+    for letter, t in arrivals[:first_term] + arrivals[first_term + 1:]:
         if letter == "T":
             due = prev_term + gi + ginc * terms
             terms, prev_term = terms + 1, t
         elif first_quit is None or prev_quit is None:
             # The switch to QUIT is due when the graceful timeout ends; a KILL
             # with no QUIT seen before it is due immediate_kill_timeout later.
-            due = graceful_start + gt + (it if letter == "K" else 0.0)
+            due = requested + gt + (it if letter == "K" else 0.0)
             first_quit = prev_quit = t
         else:
             due = prev_quit + ii + iinc * quits
@@ -127,8 +137,9 @@ def measure_once(run: Launch, result: EscalationResult) -> None:
                            if e.pid == pid and e.kind in LETTER and e.t >= t0),
                           key=lambda a: a[1])
         result.sequences.append("".join(a[0] for a in arrivals))
-        if not arrivals or arrivals[0][0] != "T":
-            continue  # no TERM first: nothing to measure against; the sequence shows it
-        result.reactions.append(arrivals[0][1] - t0)
-        for letter, late in step_lateness(arrivals):
+        first_term = next((a[1] for a in arrivals if a[0] == "T"), None)
+        if first_term is None:
+            continue  # never saw a TERM: the sequence in the details shows it
+        result.reactions.append(first_term - t0)
+        for letter, late in step_lateness(arrivals, t0):
             (result.kill_lateness if letter == "K" else result.lateness).append(late)
