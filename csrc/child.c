@@ -65,19 +65,27 @@ static void seconds_to_itimerspec(double seconds, struct itimerspec *when)
         when->it_value.tv_nsec = 1; /* zero would disarm it */
 }
 
-int pyse_prepare_orphan_kill(int parent_pid, double seconds)
+/* A disarmed CLOCK_MONOTONIC timer whose expiry sends SIGKILL to us. */
+static int create_kill_timer(timer_t *timer)
 {
     struct sigevent sev;
 
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_SIGNAL;
+    sev.sigev_signo = SIGKILL;
+    if (timer_create(CLOCK_MONOTONIC, &sev, timer) < 0)
+        return pyse__fail("timer_create: the orphan kill timer");
+    return 0;
+}
+
+int pyse_prepare_orphan_kill(int parent_pid, double seconds)
+{
     if (g_orphan_timer_ready) {
         errno = EBUSY;
         return pyse__fail("preparing the orphan kill timer: already prepared");
     }
-    memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_SIGNAL;
-    sev.sigev_signo = SIGKILL;
-    if (timer_create(CLOCK_MONOTONIC, &sev, &g_orphan_timer) < 0)
-        return pyse__fail("timer_create: preparing the orphan kill timer");
+    if (create_kill_timer(&g_orphan_timer) < 0)
+        return -1;
     seconds_to_itimerspec(seconds, &g_orphan_delay);
     g_orphan_parent = parent_pid;
     g_orphan_timer_armed = 0;
@@ -105,7 +113,6 @@ void pyse__orphan_forget(void)
 
 int pyse__arm_kill_timer(double seconds)
 {
-    struct sigevent sev;
     struct itimerspec when;
     timer_t timer;
 
@@ -119,11 +126,8 @@ int pyse__arm_kill_timer(double seconds)
         g_orphan_timer_armed = 1;
         return 0;
     }
-    memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_SIGNAL;
-    sev.sigev_signo = SIGKILL;
-    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) < 0)
-        return pyse__fail("timer_create: arming the orphan kill timer");
+    if (create_kill_timer(&timer) < 0)
+        return -1;
     seconds_to_itimerspec(seconds, &when);
     if (timer_settime(timer, 0, &when, NULL) < 0)
         return pyse__fail("timer_settime: arming the orphan kill timer");

@@ -19,19 +19,13 @@ ERROR_CODE = 7
 
 @pytest.fixture
 def start(tmp_path):
-    runs = []
-
-    def start_run(config, name="run"):
+    def make(config, name="run"):
         base = {"workers": 2, "daemonize_error_exit_code": ERROR_CODE,
                 "pid_path": str(tmp_path / "daemon.pid")}
         base.update(config)
-        run = SupervisedRun(tmp_path, base, name=name)
-        runs.append(run)
-        return run
+        return SupervisedRun(tmp_path, base, name=name)
 
-    yield start_run
-    for run in runs:
-        run.close()
+    yield from helpers.started_runs(make)
 
 
 def launched(run: SupervisedRun) -> int:

@@ -58,19 +58,13 @@ def shared_dir():
 
 @pytest.fixture
 def start(shared_dir):
-    runs = []
-
-    def start_run(config, name="run"):
+    def make(config, name="run"):
         base = {"workers": 1, "daemonize_error_exit_code": ERROR_CODE,
                 "pid_path": str(shared_dir / "daemon.pid")}
         base.update(config)
-        run = SupervisedRun(shared_dir, base, name=name)
-        runs.append(run)
-        return run
+        return SupervisedRun(shared_dir, base, name=name)
 
-    yield start_run
-    for run in runs:
-        run.close()
+    yield from helpers.started_runs(make)
 
 
 def ids_of(pid: int) -> tuple[list[int], list[int], set[int], str]:
