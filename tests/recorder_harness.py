@@ -112,7 +112,29 @@ class RecorderRun:
         os.kill(self.pid, signo)
 
     def wait_exit(self, timeout: float = 20.0) -> int:
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server (pid {self.pid}) did not exit within {timeout} s\n"
+                                 f"{self.diagnosis()}") from None
+
+    def diagnosis(self) -> str:
+        """The tree as it is now (each thread's kernel wait channel) and the
+        log's tail: what a timed-out wait needs to be understood."""
+        lines = ["processes:"]
+        for pid in [self.pid, *helpers.descendants_of(self.pid)]:
+            st = helpers.proc_stat(pid)
+            threads = []
+            try:
+                for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+                    with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                        threads.append(f"{tid}:{f.read() or '-'}")
+            except OSError:
+                pass
+            lines.append(f"  {pid} state {st.state if st else 'gone'} threads "
+                         f"{' '.join(threads)} {helpers.cmdline(pid)}")
+        lines.append("log tail:\n" + "\n".join(self.log().splitlines()[-40:]))
+        return "\n".join(lines)
 
     def close(self) -> None:
         """Kills whatever is left of the tree, and reaps it."""

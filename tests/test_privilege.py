@@ -128,8 +128,14 @@ def test_daemonized_supervisor_drops_before_the_server_exists(start, test_user, 
 def test_a_process_that_is_not_root_cannot_change_user(shared_dir):
     events = shared_dir / "events"
     proc = helpers.start_python(f"""
-        import os, sys
-        import pyse, pyse.logger, pyse.privilege, pyse.process_server  # before the drop
+        import importlib, os, pkgutil, sys
+        import pyse
+        # Before the drop: the installed package may be unreadable to nobody
+        # (a venv in a root-only directory), and pyse imports some modules
+        # only when it needs them.
+        for module in pkgutil.iter_modules(pyse.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module("pyse." + module.name)
         os.setgroups([])
         os.setgid({NOGROUP})
         os.setuid({NOBODY})
