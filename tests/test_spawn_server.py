@@ -203,3 +203,23 @@ def test_a_command_ignoring_term_is_escalated_to_quit(run_hooks):
     assert "still alive 0.3 s after a graceful stop" in log
     assert "Worker 0 finished with signal SIGQUIT" in log
     assert 0.25 < took < 5.0, took
+
+
+def test_read_until_exec_reports_success_failure_and_a_child_that_hangs():
+    from pyse.spawn_server import read_until_exec
+
+    r, w = os.pipe()
+    os.write(w, b"No such file")
+    os.close(w)
+    assert read_until_exec(r, 5) == b"No such file"
+    os.close(r)
+    r, w = os.pipe()
+    os.close(w)
+    assert read_until_exec(r, 5) == b""
+    os.close(r)
+    r, w = os.pipe()  # the write end stays open: a child stuck before exec
+    try:
+        assert read_until_exec(r, 0.05) is None
+    finally:
+        os.close(r)
+        os.close(w)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
 from typing import Any, Mapping, Optional
 
@@ -33,6 +34,10 @@ from pyse.lowlevel import Event, EventKind, KillConfig
 from pyse.multi_worker_server import WorkerSlot
 from pyse.process_server import ProcessServer
 from pyse.signals import GRACEFUL_STOP, IMMEDIATE_RESTART, IMMEDIATE_STOP
+
+#: seconds the server waits for a forked command to exec (or fail to) before
+#: it goes back to its loop and monitors the child anyway
+EXEC_WAIT = 5.0
 
 HEARTBEAT_FD_ENV = "PYSE_HEARTBEAT_FD"
 HEARTBEAT_INTERVAL_ENV = "PYSE_HEARTBEAT_INTERVAL"
@@ -125,10 +130,15 @@ class SpawnServer(ProcessServer):
                 pid, heartbeat_r = self.fork_child(child_main)
             finally:
                 os.close(error_w)   # now only the child holds it, until its exec
-            error = read_all(error_r)
+            error = read_until_exec(error_r, EXEC_WAIT)
         finally:
             os.close(error_r)
-        if error:
+        if error is None:
+            # The child is alive but has not exec'd: monitor it anyway (the
+            # escalation can end it) rather than freeze the server's loop.
+            self.logger.warning("Worker %d: %r did not exec within %g s", worker_id, argv[0],
+                                EXEC_WAIT)
+        elif error:
             self.logger.error("Worker %d: cannot run %r: %s", worker_id, argv[0],
                               error.decode(errors="replace"))
         return pid, heartbeat_r
@@ -162,9 +172,18 @@ class SpawnServer(ProcessServer):
         """An external program has no sigdump: CONT stays with the server."""
 
 
-def read_all(fd: int) -> bytes:
+def read_until_exec(fd: int, timeout: float) -> Optional[bytes]:
+    """Reads the exec-error pipe to its end: b"" once the exec succeeded (the
+    close-on-exec write end closed), the error text if it failed, None if
+    the child neither exec'd nor failed within timeout seconds."""
+    deadline = lowlevel.now() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     chunks = []
     while True:
+        remaining = deadline - lowlevel.now()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            return None
         chunk = os.read(fd, 4096)
         if not chunk:
             return b"".join(chunks)
