@@ -23,18 +23,20 @@ from watcher import now
 LETTER = {"term": "T", "quit": "Q", "gone": "K"}
 
 
+def kill_timing(cfg: dict) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """((interval, increment, timeout) graceful, (the same) immediate)."""
+    return tuple(tuple(cfg[f"worker_{kind}_kill_{part}"]  # type: ignore[return-value]
+                       for part in ("interval", "interval_increment", "timeout"))
+                 for kind in ("graceful", "immediate"))
+
+
 def nominal_sequence(cfg: dict = ESCALATION) -> str:
     """The signals a stubborn worker gets when every step is on time.
 
     >>> nominal_sequence()
     'TTTTQQK'
     """
-    gi, ginc, gt = (cfg["worker_graceful_kill_interval"],
-                    cfg["worker_graceful_kill_interval_increment"],
-                    cfg["worker_graceful_kill_timeout"])
-    ii, iinc, it = (cfg["worker_immediate_kill_interval"],
-                    cfg["worker_immediate_kill_interval_increment"],
-                    cfg["worker_immediate_kill_timeout"])
+    (gi, ginc, gt), (ii, iinc, it) = kill_timing(cfg)
     seq, t, n = "T", 0.0, 1
     while t + gi + ginc * (n - 1) <= gt:
         t += gi + ginc * (n - 1)
@@ -81,12 +83,7 @@ def step_lateness(arrivals: list[tuple[str, float]], requested: float,
     >>> show([("T", 0), ("T", 1.0), ("K", 1.0)])
     'T+800 K-400'
     """
-    gi, ginc, gt = (cfg["worker_graceful_kill_interval"],
-                    cfg["worker_graceful_kill_interval_increment"],
-                    cfg["worker_graceful_kill_timeout"])
-    ii, iinc, it = (cfg["worker_immediate_kill_interval"],
-                    cfg["worker_immediate_kill_interval_increment"],
-                    cfg["worker_immediate_kill_timeout"])
+    (gi, ginc, gt), (ii, iinc, it) = kill_timing(cfg)
     first_term = next(i for i, a in enumerate(arrivals) if a[0] == "T")
     prev_term = arrivals[first_term][1]
     first_quit = prev_quit = None
