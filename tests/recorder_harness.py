@@ -133,6 +133,21 @@ class RecorderRun:
                 pass
             lines.append(f"  {pid} state {st.state if st else 'gone'} threads "
                          f"{' '.join(threads)} {helpers.cmdline(pid)}")
+            # The main thread's system call and its arguments (fds, timeouts),
+            # what its fds are, and its signal masks: enough to tell a lost
+            # wake-up from a blocked signal.
+            for what in ("syscall", "status"):
+                try:
+                    with open(f"/proc/{pid}/{what}") as f:
+                        text = f.read()
+                except OSError:
+                    continue
+                if what == "status":
+                    text = " ".join(line for line in text.splitlines()
+                                    if line.startswith(("SigBlk", "SigIgn", "SigCgt", "SigPnd",
+                                                        "ShdPnd")))
+                lines.append(f"    {what}: {text.strip()}")
+            lines.append(f"    fds: {helpers.open_fds(pid)}")
         lines.append("log tail:\n" + "\n".join(self.log().splitlines()[-40:]))
         return "\n".join(lines)
 
