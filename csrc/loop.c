@@ -514,6 +514,13 @@ int pyse_loop_wait(struct pyse_loop *loop, double deadline,
      * the caller has not seen them yet. */
     while (loop->queue_len == 0) {
         now = pyse_now();
+        /* Signals first, and on every pass, not only when poll says so: with
+         * children dying faster than the caller comes back (a crash loop),
+         * the reap below always has news, poll is never reached, and a TERM
+         * waiting in the self-pipe would starve.  The pipe is non-blocking,
+         * so an empty one costs one read(2). */
+        if (read_signals(loop) < 0)
+            return -1;
         if (reap_children(loop) < 0 || run_escalation(loop, now) < 0)
             return -1;
         if (deadline != PYSE_UNSET && deadline <= now) {

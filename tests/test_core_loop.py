@@ -752,6 +752,25 @@ def test_orphan_kill_timer_kills_a_wedged_orphan(tmp_path):
 
 
 @pytest.mark.timeout(20)
+def test_a_signal_is_not_starved_by_children_that_keep_exiting():
+    """A crash loop: every time the caller comes back to wait(), a child has
+    already exited.  A signal that arrived meanwhile is still reported in
+    that same wait, not left in the self-pipe behind the exits."""
+    with lowlevel.Loop(reap_any=True) as server_loop:
+        server_loop.own_signals([signal.SIGUSR1])
+        for round_number in range(5):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            wait_for(lambda: is_zombie(pid), 5, what=f"child {pid} to exit")
+            os.kill(os.getpid(), signal.SIGUSR1)
+            events = server_loop.wait(lowlevel.now() + 5)
+            assert (EventKind.EXITED, pid) in {(e.kind, e.pid) for e in events}
+            assert EventKind.SIGNAL in {e.kind for e in events}, \
+                f"round {round_number}: the signal waits behind {events}"
+
+
+@pytest.mark.timeout(20)
 def test_prepared_orphan_timer_is_armed_by_a_signal_handler(tmp_path):
     """The C signal handler arms the prepared timer by itself once the
     parent changed: the grandchild never waits in the loop again (it sleeps
