@@ -518,8 +518,9 @@ int pyse_loop_wait(struct pyse_loop *loop, double deadline,
          * children dying faster than the caller comes back (a crash loop),
          * the reap below always has news, poll is never reached, and a TERM
          * waiting in the self-pipe would starve.  The pipe is non-blocking,
-         * so an empty one costs one read(2). */
-        if (read_signals(loop) < 0)
+         * so an empty one costs one read(2).  (A loop that owns no signals
+         * has no pipe.) */
+        if (loop->selfpipe[0] >= 0 && read_signals(loop) < 0)
             return -1;
         if (reap_children(loop) < 0 || run_escalation(loop, now) < 0)
             return -1;

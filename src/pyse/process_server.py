@@ -152,7 +152,12 @@ class ProcessServer(MultiWorkerServer):
 
     def send_stop(self, slot: WorkerSlot, graceful: bool, now: float) -> None:
         if self.loop is not None and slot.handle is not None:
-            self.loop.stop_child(slot.handle, immediate=not graceful, now=now)
+            try:
+                self.loop.stop_child(slot.handle, immediate=not graceful, now=now)
+            except ProcessLookupError:
+                # The loop reaped it in the batch that brought this signal;
+                # its EXITED event comes later in the same batch.
+                pass
 
     def send_reload(self, slot: WorkerSlot) -> None:
         self.signal_worker(slot, RELOAD)

@@ -317,7 +317,10 @@ class Supervisor(Server):
     def stop_server(self, proc: ServerProcess, immediate: bool,
                     now: Optional[float] = None) -> None:
         if self.loop is not None:
-            self.loop.stop_child(proc.pid, immediate=immediate, now=now)
+            try:
+                self.loop.stop_child(proc.pid, immediate=immediate, now=now)
+            except ProcessLookupError:
+                pass  # reaped in this batch; its EXITED event follows
 
     def forward(self, proc: ServerProcess, signo: int) -> None:
         try:
