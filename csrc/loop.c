@@ -514,15 +514,18 @@ int pyse_loop_wait(struct pyse_loop *loop, double deadline,
      * the caller has not seen them yet. */
     while (loop->queue_len == 0) {
         now = pyse_now();
-        /* Signals first, and on every pass, not only when poll says so: with
-         * children dying faster than the caller comes back (a crash loop),
-         * the reap below always has news, poll is never reached, and a TERM
-         * waiting in the self-pipe would starve.  The pipe is non-blocking,
-         * so an empty one costs one read(2).  (A loop that owns no signals
-         * has no pipe.) */
+        if (reap_children(loop) < 0)
+            return -1;
+        /* Signals on every pass, not only when poll says so: with children
+         * dying faster than the caller comes back (a crash loop), the reap
+         * above always has news, poll is never reached, and a TERM waiting
+         * in the self-pipe would starve.  The pipe is non-blocking, so an
+         * empty one costs one read(2).  (A loop that owns no signals has no
+         * pipe.)  Exits are queued before signals, here and after poll: the
+         * caller then acts on a signal knowing which children are gone. */
         if (loop->selfpipe[0] >= 0 && read_signals(loop) < 0)
             return -1;
-        if (reap_children(loop) < 0 || run_escalation(loop, now) < 0)
+        if (run_escalation(loop, now) < 0)
             return -1;
         if (deadline != PYSE_UNSET && deadline <= now) {
             if (queue_event(loop, PYSE_EV_TIMER, 0, 0, 0) < 0)
@@ -543,11 +546,11 @@ int pyse_loop_wait(struct pyse_loop *loop, double deadline,
             return pyse__fail("poll");
         }
         now = pyse_now();
-        if (handle_fixed_fds(loop, loop->pollfds + nheartbeat) < 0)
-            return -1;
-        /* Reap before reading heartbeats: a child that exited is reported as
-         * exited, not first as a closed pipe. */
+        /* Reap before reading heartbeats (a child that exited is reported as
+         * exited, not first as a closed pipe) and before signals (above). */
         if (reap_children(loop) < 0)
+            return -1;
+        if (handle_fixed_fds(loop, loop->pollfds + nheartbeat) < 0)
             return -1;
         if (read_heartbeats(loop, loop->pollfds, nheartbeat, now) < 0)
             return -1;

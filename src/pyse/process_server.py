@@ -178,7 +178,10 @@ class ProcessServer(MultiWorkerServer):
         self.kill_config = KillConfig.from_config(config, "worker_")
         if self.loop is not None:
             for pid in self._by_pid:
-                self.loop.set_child_config(pid, self.kill_config_for(pid))
+                try:
+                    self.loop.set_child_config(pid, self.kill_config_for(pid))
+                except ProcessLookupError:
+                    pass  # reaped in this batch; its EXITED event follows
 
     def worker_pids(self) -> dict[int, int]:
         """worker id -> pid of the workers alive now."""

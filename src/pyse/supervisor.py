@@ -333,7 +333,10 @@ class Supervisor(Server):
         self.kill_config = KillConfig.from_config(config, "server_")
         if self.loop is not None:
             for pid in self.servers:
-                self.loop.set_child_config(pid, self.kill_config)
+                try:
+                    self.loop.set_child_config(pid, self.kill_config)
+                except ProcessLookupError:
+                    pass  # reaped in this batch; its EXITED event follows
 
 
 # -- the server process: between os.fork() and os._exit() -------------------------
