@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import select
@@ -438,3 +439,11 @@ def started_runs(make: Callable[..., T]) -> Iterator[Callable[..., T]]:
     yield start
     for run in runs:
         run.close()
+
+
+def write_json_atomically(path: Union[str, Path], data: dict) -> None:
+    """Writes data as JSON through a temp file and a rename, so that a
+    server re-reading path at a reload never sees half a file."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

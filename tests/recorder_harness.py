@@ -6,7 +6,6 @@ by whatever PID 1 the machine has.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -70,11 +69,8 @@ class RecorderRun:
         self.known_pids: set[int] = set()
 
     def write_config(self, config: dict) -> None:
-        base = {"worker_type": "process", "log_level": "debug"}
-        base.update(config)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(base))
-        os.replace(tmp, self.config_path)
+        helpers.write_json_atomically(self.config_path,
+                                      {"worker_type": "process", "log_level": "debug", **config})
 
     def records(self) -> list[Record]:
         out = []

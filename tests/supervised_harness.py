@@ -9,7 +9,6 @@ environment, which is how :meth:`SupervisedRun.close` finds them all.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -58,11 +57,8 @@ class SupervisedRun:
         _unreaped_launchers.add(self.pid)
 
     def write_config(self, config: dict) -> None:
-        base = {"worker_type": "process", "log_level": "debug", "log": str(self.log_path)}
-        base.update(config)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(base))
-        os.replace(tmp, self.config_path)
+        helpers.write_json_atomically(self.config_path, {
+            "worker_type": "process", "log_level": "debug", "log": str(self.log_path), **config})
 
     # -- what happened --------------------------------------------------------
     def records(self) -> list[Record]:
