@@ -29,7 +29,7 @@ import signal
 from typing import Any, Optional
 
 from pyse import config as config_mod
-from pyse import pidfile
+from pyse import pidfile, privilege
 from pyse.daemonize import ReadyPipe, StartupError, launch, report_startup_error
 from pyse.server import ConfigSource, Server
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
@@ -252,14 +252,9 @@ def preload_modules(config: dict) -> None:
         importlib.import_module("pyse.supervisor")
     if config.get("server_process_name") or config.get("worker_process_name"):
         importlib.import_module("setproctitle")
-    if config.get("chuser") is not None or config.get("chgroup") is not None \
-            or config.get("chumask") is not None:
-        importlib.import_module("pyse.privilege")
 
 
 def drop_privileges(config: dict) -> None:
-    from pyse import privilege
-
     try:
         privilege.change_from_config(config)
     except privilege.PrivilegeError as e:

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Optional
 
-from pyse import lowlevel
+from pyse import lowlevel, privilege
 from pyse.lowlevel import EventKind
 from pyse.parent_link import ParentLink
 from pyse.signals import (GRACEFUL_STOP, IMMEDIATE_RESTART, IMMEDIATE_STOP, WORKER_ACTIONS,
@@ -133,8 +133,6 @@ class WorkerProcess:
             setproctitle.setproctitle(format_process_name(fmt, self.worker.worker_id))
 
     def drop_privileges(self) -> None:
-        from pyse import privilege
-
         privilege.change_from_config(self.config, "worker_")
 
     # -- the control thread --------------------------------------------------
