@@ -1,7 +1,8 @@
 """cffi builder for pyse's C core (out-of-line API mode).
 
 setup.py hands ``ffibuilder`` to setuptools through ``cffi_modules``; running
-this file directly builds ``pyse._core`` in place for development.
+this file directly (``python build.py``) builds ``pyse._core`` in place, in
+``src/pyse/``, for development (it needs setuptools >= 77 in the venv).
 """
 import os
 import re
@@ -10,7 +11,9 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-SOURCES = ["monitor.c", "signals.c", "loop.c", "child.c"]
+# Every .c file of csrc/ is part of the core (the C driver of the memory
+# checks, tests/c/test_core.c, links the same set).
+SOURCES = sorted(name for name in os.listdir(CSRC) if name.endswith(".c"))
 # The core is strict; the glue cffi generates around it is compiled with it.
 STRICT_FLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2"]
 
@@ -31,10 +34,15 @@ ffibuilder.set_source(
     include_dirs=[os.path.relpath(CSRC, HERE)],
     extra_compile_args=STRICT_FLAGS + os.environ.get("PYSE_CFLAGS", "").split(),
     extra_link_args=os.environ.get("PYSE_LDFLAGS", "").split(),
-    libraries=["m", "rt"],
+    libraries=["rt"],
 )
 
 if __name__ == "__main__":
-    # Sources are relative to the project root, as setuptools wants them.
-    os.chdir(HERE)
-    ffibuilder.compile(tmpdir=".", verbose=False)
+    # A development build in place (src/pyse/_core.*.so), the way
+    # setuptools builds it for an editable install: cffi's own compile()
+    # would name and place the module differently.
+    import subprocess
+    import sys
+
+    sys.exit(subprocess.call([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                             cwd=HERE))

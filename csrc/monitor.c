@@ -1,27 +1,27 @@
 /* monitor.c -- the kill escalation of one monitored child, as a pure
  * function of its state, its timing configuration and `now`.
  *
- * This is ServerEngine's ProcessManager::Monitor#tick (SPEC section 5).  It
- * decides and never acts: the loop sends the signal it returns, so tests can
- * drive it with a fake clock.  The comparisons are written exactly as SPEC
- * states them, so that a model written from SPEC in Python (IEEE doubles too)
- * agrees bit for bit. */
+ * This is ServerEngine's ProcessManager::Monitor#tick.  It decides and never
+ * acts: the loop sends the signal it returns, so tests can drive it with a
+ * fake clock.  Times are integer nanoseconds, so the comparisons are exact
+ * and the deadlines below are exactly the first instants at which they
+ * hold. */
 #include "internal.h"
 
-static int is_set(double t) { return t != PYSE_UNSET; }
+static int is_set(int64_t t) { return t != PYSE_NO_TIME; }
 
-void pyse_monitor_init(struct pyse_monitor *m, double now, int watch_heartbeat)
+void pyse_monitor_init(struct pyse_monitor *m, int64_t now, int watch_heartbeat)
 {
     m->last_heartbeat = now;
-    m->next_kill = PYSE_UNSET;
-    m->graceful_start = PYSE_UNSET;
-    m->immediate_start = PYSE_UNSET;
+    m->next_kill = PYSE_NO_TIME;
+    m->graceful_start = PYSE_NO_TIME;
+    m->immediate_start = PYSE_NO_TIME;
     m->kill_count = 0;
     m->watch_heartbeat = watch_heartbeat;
     m->gone = 0;
 }
 
-void pyse_monitor_graceful_stop(struct pyse_monitor *m, double now)
+void pyse_monitor_graceful_stop(struct pyse_monitor *m, int64_t now)
 {
     if (!is_set(m->next_kill))
         m->next_kill = now;
@@ -29,7 +29,7 @@ void pyse_monitor_graceful_stop(struct pyse_monitor *m, double now)
         m->graceful_start = now;
 }
 
-void pyse_monitor_immediate_stop(struct pyse_monitor *m, double now)
+void pyse_monitor_immediate_stop(struct pyse_monitor *m, int64_t now)
 {
     /* An immediate stop during a graceful one keeps the pending step's time:
      * ServerEngine's `next_kill ||= now`.  The first QUIT goes out when the
@@ -40,44 +40,51 @@ void pyse_monitor_immediate_stop(struct pyse_monitor *m, double now)
         m->immediate_start = now;
 }
 
-void pyse_monitor_heartbeat(struct pyse_monitor *m, double now)
+void pyse_monitor_heartbeat(struct pyse_monitor *m, int64_t now)
 {
     m->last_heartbeat = now;
 }
 
-static int heartbeat_timed_out(const struct pyse_monitor *m,
-                               const struct pyse_kill_config *c, double now)
+/* now - last_heartbeat >= heartbeat_timeout */
+static int64_t heartbeat_deadline(const struct pyse_monitor *m, const struct pyse_kill_config *c)
 {
-    return m->watch_heartbeat && now - m->last_heartbeat >= c->heartbeat_timeout;
+    return pyse__add_time(m->last_heartbeat, c->heartbeat_timeout);
 }
 
-static int graceful_timed_out(const struct pyse_monitor *m,
-                              const struct pyse_kill_config *c, double now)
+/* graceful_start < now - graceful_timeout, i.e. now > start + timeout */
+static int64_t graceful_deadline(const struct pyse_monitor *m, const struct pyse_kill_config *c)
 {
-    return is_set(m->graceful_start) && c->graceful_timeout >= 0 &&
-           m->graceful_start < now - c->graceful_timeout;
+    return pyse__add_time(pyse__add_time(m->graceful_start, c->graceful_timeout), 1);
+}
+
+static int heartbeat_applies(const struct pyse_monitor *m)
+{
+    return m->watch_heartbeat && !is_set(m->immediate_start);
+}
+
+static int graceful_timeout_applies(const struct pyse_monitor *m, const struct pyse_kill_config *c)
+{
+    return is_set(m->graceful_start) && c->graceful_timeout >= 0 && !is_set(m->immediate_start);
 }
 
 int pyse_monitor_tick(struct pyse_monitor *m, const struct pyse_kill_config *c,
-                      double now, int *promoted)
+                      int64_t now, int *promoted)
 {
-    double interval, increment;
+    int64_t interval, increment, step;
     int signo;
 
     *promoted = PYSE_PROMOTED_NONE;
     if (m->gone)
         return 0;
 
-    if (!is_set(m->immediate_start)) {
-        if (heartbeat_timed_out(m, c, now))
-            *promoted = PYSE_PROMOTED_HEARTBEAT;
-        else if (graceful_timed_out(m, c, now))
-            *promoted = PYSE_PROMOTED_GRACEFUL;
-        if (*promoted != PYSE_PROMOTED_NONE) {
-            m->kill_count = 0;
-            m->immediate_start = now;
-            m->next_kill = now;
-        }
+    if (heartbeat_applies(m) && now >= heartbeat_deadline(m, c))
+        *promoted = PYSE_PROMOTED_HEARTBEAT;
+    else if (graceful_timeout_applies(m, c) && now >= graceful_deadline(m, c))
+        *promoted = PYSE_PROMOTED_GRACEFUL;
+    if (*promoted != PYSE_PROMOTED_NONE) {
+        m->kill_count = 0;
+        m->immediate_start = now;
+        m->next_kill = now;
     }
 
     if (!is_set(m->next_kill) || m->next_kill > now)
@@ -86,7 +93,9 @@ int pyse_monitor_tick(struct pyse_monitor *m, const struct pyse_kill_config *c,
     if (is_set(m->immediate_start)) {
         interval = c->immediate_interval;
         increment = c->immediate_increment;
-        if (c->immediate_timeout >= 0 && m->immediate_start <= now - c->immediate_timeout)
+        /* immediate_start <= now - immediate_timeout */
+        if (c->immediate_timeout >= 0 &&
+            now >= pyse__add_time(m->immediate_start, c->immediate_timeout))
             signo = SIGKILL;
         else
             signo = c->immediate_signal;
@@ -95,56 +104,35 @@ int pyse_monitor_tick(struct pyse_monitor *m, const struct pyse_kill_config *c,
         increment = c->graceful_increment;
         signo = c->graceful_signal;
     }
-    m->next_kill = now + interval + increment * m->kill_count;
+    /* interval + increment * kill_count, saturating: a huge configuration
+     * means "never again", not a wrapped-around time in the past. */
+    if (increment > 0 && m->kill_count > 0 && increment > (INT64_MAX - interval) / m->kill_count)
+        step = INT64_MAX;
+    else
+        step = interval + increment * m->kill_count;
+    m->next_kill = pyse__add_time(now, step);
     m->kill_count++;
     return signo;
 }
 
-/* The earliest double t for which timed_out(m, c, t) holds, starting from
- * the estimate start + timeout.  The estimate can miss by an ulp or two
- * either way (4.0 + 0.1 = 4.1, but 4.1 - 4.0 < 0.1), and a deadline must be
- * exact: too early and the tick at it does nothing, too late and it fires
- * late.  timed_out is monotonic in t (rounded subtraction is), so stepping
- * one double at a time finds it; the step cap only guards against a
- * pathological config (the loop then retries 1 ms later). */
-static double earliest_time(const struct pyse_monitor *m, const struct pyse_kill_config *c,
-                            double estimate,
-                            int (*timed_out)(const struct pyse_monitor *,
-                                             const struct pyse_kill_config *, double))
+int64_t pyse_monitor_deadline(const struct pyse_monitor *m,
+                              const struct pyse_kill_config *c)
 {
-    double t = estimate;
-    int steps;
-
-    for (steps = 0; steps < 64 && !timed_out(m, c, t); steps++)
-        t = nextafter(t, INFINITY);
-    for (steps = 0; steps < 64 && timed_out(m, c, nextafter(t, -INFINITY)); steps++)
-        t = nextafter(t, -INFINITY);
-    return t;
-}
-
-double pyse_monitor_deadline(const struct pyse_monitor *m,
-                             const struct pyse_kill_config *c)
-{
-    double deadline = PYSE_UNSET;
+    int64_t deadline = PYSE_NO_TIME, t;
 
     if (m->gone)
-        return PYSE_UNSET;
+        return PYSE_NO_TIME;
     if (is_set(m->next_kill))
         deadline = m->next_kill;
-    if (!is_set(m->immediate_start)) {
-        double t;
-        if (m->watch_heartbeat) {
-            t = earliest_time(m, c, m->last_heartbeat + c->heartbeat_timeout,
-                              heartbeat_timed_out);
-            if (!is_set(deadline) || t < deadline)
-                deadline = t;
-        }
-        if (is_set(m->graceful_start) && c->graceful_timeout >= 0) {
-            t = earliest_time(m, c, m->graceful_start + c->graceful_timeout,
-                              graceful_timed_out);
-            if (!is_set(deadline) || t < deadline)
-                deadline = t;
-        }
+    if (heartbeat_applies(m)) {
+        t = heartbeat_deadline(m, c);
+        if (!is_set(deadline) || t < deadline)
+            deadline = t;
+    }
+    if (graceful_timeout_applies(m, c)) {
+        t = graceful_deadline(m, c);
+        if (!is_set(deadline) || t < deadline)
+            deadline = t;
     }
     return deadline;
 }

@@ -2,11 +2,11 @@
  *
  * A handler may interrupt anything, including malloc or a Python thread
  * holding the GIL, so it calls only async-signal-safe functions -- write(2),
- * and getppid(2)/timer_settime(2) for a prepared orphan timer (child.c) --
- * and keeps errno as it found it.  The loop reads the bytes (signal numbers) in order.  If the
- * pipe is full the byte is dropped: the reader is then at least 64 KiB of
- * signals behind and will wake anyway; SIGCHLD loses nothing because every
- * wake-up reaps. */
+ * and getppid(2)/timer_settime(2) for a prepared orphan timer (orphan.c) --
+ * and keeps errno as it found it.  The loop reads the bytes (signal numbers)
+ * in order.  If the pipe is full the byte is dropped: the reader is then at
+ * least 64 KiB of signals behind and will wake anyway; SIGCHLD loses nothing
+ * because every wake-up reaps. */
 #include "internal.h"
 
 static volatile sig_atomic_t g_selfpipe_write = -1;
@@ -29,13 +29,11 @@ static void write_signal_byte(int signo)
 int pyse__selfpipe_open(int fds[2])
 {
     if (pipe(fds) < 0)
-        return pyse__fail("creating the signal self-pipe");
+        return pyse__fail("pipe: creating the signal self-pipe");
     if (pyse__make_nonblocking_cloexec(fds[0]) < 0 ||
         pyse__make_nonblocking_cloexec(fds[1]) < 0) {
-        int saved = errno;
-        close(fds[0]);
-        close(fds[1]);
-        errno = saved;
+        pyse__close_keeping_errno(fds[0]);
+        pyse__close_keeping_errno(fds[1]);
         return -1;
     }
     return 0;
@@ -68,7 +66,7 @@ int pyse__signals_install(int write_fd, const int *signals, int count,
         struct sigaction this_action = action;
         if (signo <= 0 || signo >= NSIG || signo == SIGKILL || signo == SIGSTOP) {
             errno = EINVAL;
-            pyse__fail("taking over a signal: bad signal number");
+            pyse__fail("taking over signal %d: not a signal that can be caught", signo);
             goto undo;
         }
         if (sigismember(owned, signo))
@@ -76,14 +74,17 @@ int pyse__signals_install(int write_fd, const int *signals, int count,
         if (signo == SIGCHLD)
             this_action.sa_flags |= SA_NOCLDSTOP;
         if (sigaction(signo, &this_action, &saved[signo]) < 0) {
-            pyse__fail("sigaction: installing the self-pipe handler");
+            pyse__fail("sigaction(%d): installing the self-pipe handler", signo);
             goto undo;
         }
         sigaddset(owned, signo);
         sigaddset(&unblock, signo);
     }
-    if (sigprocmask(SIG_UNBLOCK, &unblock, NULL) < 0) {
-        pyse__fail("sigprocmask: unblocking the owned signals");
+    /* The calling thread's mask: a forked child calls this before it starts
+     * any thread, so the threads it starts later inherit the unblocked set. */
+    if ((i = pthread_sigmask(SIG_UNBLOCK, &unblock, NULL)) != 0) {
+        errno = i;
+        pyse__fail("pthread_sigmask: unblocking the owned signals");
         goto undo;
     }
     return 0;
@@ -104,7 +105,7 @@ int pyse__signals_restore(const struct sigaction *saved, sigset_t *owned)
         if (sigismember(owned, signo) != 1)
             continue;
         if (sigaction(signo, &saved[signo], NULL) < 0)
-            result = pyse__fail("sigaction: restoring a signal disposition");
+            result = pyse__fail("sigaction(%d): restoring its disposition", signo);
         sigdelset(owned, signo);
     }
     g_selfpipe_write = -1;

@@ -447,3 +447,16 @@ def write_json_atomically(path: Union[str, Path], data: dict) -> None:
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+# ---- the kill escalation ---------------------------------------------------------
+
+def kill_config(**overrides):
+    """pyse's default worker escalation timing (from config.KEYS, the one
+    place defaults live), with overrides in seconds."""
+    import dataclasses
+
+    from pyse import config, process_manager
+
+    defaults = process_manager.kill_config(config.validate({}), "worker_")
+    return dataclasses.replace(defaults, **overrides)

@@ -21,12 +21,16 @@ from helpers import is_running as pid_alive
 T = TypeVar("T")
 
 PROGRAM = Path(__file__).parent / "programs" / "recorder.py"
+
+
 @dataclass(frozen=True)
 class Record:
+    """One line a test program wrote: ``event worker_id pid time [detail]``."""
     event: str
     worker_id: int
     pid: int
     time: float
+    detail: str = ""
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str,

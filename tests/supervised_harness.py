@@ -13,25 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import helpers
-from recorder_harness import wait_until  # noqa: F401 (re-exported for tests)
+from recorder_harness import Record, wait_until  # noqa: F401 (wait_until: for tests)
 
 PROGRAM = Path(__file__).parent / "programs" / "supervised.py"
 #: pids of launchers whose Popen has not reaped them yet: not ours to reap
 _unreaped_launchers: set[int] = set()
-
-
-@dataclass(frozen=True)
-class Record:
-    event: str
-    worker_id: int
-    pid: int
-    time: float
-    detail: str
 
 
 class SupervisedRun:

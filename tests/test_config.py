@@ -155,16 +155,26 @@ def test_random_configs_raise_only_config_error(raw):
 
 
 @settings(max_examples=100, deadline=None)
-@given(values)
-def test_a_callable_source_raising_or_returning_anything_gives_config_error(value):
+@given(values, st.booleans())
+def test_a_callable_source_raising_or_returning_anything_gives_config_error(value, raises):
+    """Whatever a config callable does, load() gives what validate() gives
+    for its result, or a ConfigError that says what went wrong."""
     def source():
-        if isinstance(value, int) and not isinstance(value, bool) and value % 2:
+        if raises:
             raise RuntimeError("broken config file")
         return value
+    if raises:
+        with pytest.raises(ConfigError, match="raised RuntimeError: broken config file"):
+            config_mod.load(source)
+        return
     try:
-        config_mod.load(source)
-    except ConfigError:
-        pass
+        expected = config_mod.validate(value)
+    except ConfigError as e:
+        with pytest.raises(ConfigError) as info:
+            config_mod.load(source)
+        assert str(info.value) == str(e)
+        return
+    assert config_mod.load(source) == expected
 
 
 # -- the reference in docs/ ------------------------------------------------------

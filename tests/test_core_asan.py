@@ -6,11 +6,11 @@ By hand, from the repository root:
 
     gcc -std=gnu11 -Wall -Wextra -Werror -g -fsanitize=address,undefined \\
         -fno-sanitize-recover=all -fno-omit-frame-pointer -Icsrc \\
-        csrc/*.c tests/c/test_core.c -lm -lrt -o /tmp/test_core_asan
+        csrc/*.c tests/c/test_core.c -lrt -lpthread -o /tmp/test_core_asan
     ASAN_OPTIONS=detect_leaks=1 /tmp/test_core_asan
 
     gcc -std=gnu11 -Wall -Wextra -Werror -g -O1 -Icsrc \\
-        csrc/*.c tests/c/test_core.c -lm -lrt -o /tmp/test_core
+        csrc/*.c tests/c/test_core.c -lrt -lpthread -o /tmp/test_core
     valgrind --error-exitcode=99 --leak-check=full \\
         --errors-for-leak-kinds=definite,indirect --child-silent-after-fork=yes \\
         /tmp/test_core
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(not CSRC.is_dir() or shutil.which("gcc") is None
 def compile_driver(out: Path, extra_flags: list[str]) -> subprocess.CompletedProcess:
     sources = sorted(str(p) for p in CSRC.glob("*.c"))
     cmd = ["gcc", *STRICT, *extra_flags, f"-I{CSRC}", *sources, str(DRIVER),
-           "-lm", "-lrt", "-o", str(out)]
+           "-lrt", "-lpthread", "-o", str(out)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

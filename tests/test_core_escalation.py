@@ -1,24 +1,26 @@
-"""The C kill escalation against a reference model written from SPEC §5.
+"""The C kill escalation against a reference model written from the
+specification of ServerEngine's ProcessManager::Monitor#tick.
 
-The model below is transcribed from SPEC's pseudo-code (ServerEngine's
-ProcessManager::Monitor#tick), not from csrc/monitor.c.  It uses the same
-float expressions as SPEC, so that both sides round alike:
+The model below is transcribed from that pseudo-code, not from
+csrc/monitor.c:
 
     heartbeat timed out:  now - last_heartbeat >= heartbeat_timeout
     graceful timed out:   graceful_start < now - graceful_timeout
     KILL instead of QUIT: immediate_start <= now - immediate_timeout
     next step:            next_kill = now + interval + incr * kill_count
 
-"Unset" (Ruby's nil) is None here; the fake clock may start at 0.0, which
+Times are integer nanoseconds on both sides (the configuration's seconds
+converted once, by pyse.lowlevel.seconds_to_ns), so the comparisons are
+exact and a deadline is exactly the first instant at which it holds.
+"Unset" (Ruby's nil) is None here; the fake clock may start at 0, which
 Ruby would treat as set, so the model never tests a time for truthiness.
 The C side is driven through pyse.lowlevel.Monitor, the same code the loop
 runs.
 """
 from __future__ import annotations
 
-import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import pytest
@@ -27,42 +29,64 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from pyse.lowlevel import KillConfig, Monitor, Promotion
+from helpers import kill_config
+from pyse.lowlevel import KillConfig, Monitor, Promotion, seconds_to_ns
 
 pytestmark = pytest.mark.timeout(300)
 
 TERM, QUIT, KILL = int(signal.SIGTERM), int(signal.SIGQUIT), int(signal.SIGKILL)
+SECOND = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class NsConfig:
+    """A KillConfig's durations in nanoseconds, as the core receives them."""
+    heartbeat_timeout: int
+    graceful_interval: int
+    graceful_increment: int
+    graceful_timeout: int
+    immediate_interval: int
+    immediate_increment: int
+    immediate_timeout: int
+    graceful_signal: int
+    immediate_signal: int
+
+    @classmethod
+    def of(cls, c: KillConfig) -> "NsConfig":
+        return cls(**{f.name: getattr(c, f.name) if f.name.endswith("_signal")
+                      else seconds_to_ns(getattr(c, f.name)) for f in fields(c)})
 
 
 # ---- the reference model (SPEC §5) ---------------------------------------------
 
 @dataclass
 class ModelMonitor:
-    last_heartbeat: float
+    last_heartbeat: int
     watch_heartbeat: bool
-    next_kill: Optional[float] = None
-    graceful_start: Optional[float] = None
-    immediate_start: Optional[float] = None
+    next_kill: Optional[int] = None
+    graceful_start: Optional[int] = None
+    immediate_start: Optional[int] = None
     kill_count: int = 0
     gone: bool = False
 
-    def graceful_stop(self, now: float) -> None:
+    def graceful_stop(self, now: int) -> None:
         if self.next_kill is None:
             self.next_kill = now
         if self.graceful_start is None:
             self.graceful_start = now
 
-    def immediate_stop(self, now: float) -> None:
+    def immediate_stop(self, now: int) -> None:
         if self.next_kill is None:
             self.next_kill = now
         if self.immediate_start is None:
             self.immediate_start = now
 
-    def heartbeat(self, now: float) -> None:
+    def heartbeat(self, now: int) -> None:
         self.last_heartbeat = now
 
-    def tick(self, c: KillConfig, now: float) -> tuple[int, int]:
+    def tick(self, config: KillConfig, now: int) -> tuple[int, int]:
         """(signal to send or 0, why the child was promoted this tick)."""
+        c = NsConfig.of(config)
         if self.gone:
             return 0, Promotion.NONE
         promoted = Promotion.NONE
@@ -94,11 +118,18 @@ class ModelMonitor:
 # ---- strategies -------------------------------------------------------------------
 
 def seconds(max_value: float = 1000.0):
-    """Durations >= 0: round numbers (where boundaries coincide), arbitrary
-    floats, and tiny ones."""
+    """Durations >= 0 in seconds, as a configuration holds them: round
+    numbers (where boundaries coincide), arbitrary floats, and tiny ones."""
     return st.one_of(st.sampled_from([0.0, 0.001, 0.1, 0.5, 1.0, 2.0, 10.0, 15.0, 60.0]),
                      st.floats(0.0, max_value, allow_nan=False, allow_infinity=False),
                      st.floats(0.0, 1e-6, allow_nan=False))
+
+
+def nanoseconds(max_seconds: float = 100.0):
+    """Clock steps: whole seconds (where boundaries coincide), single
+    nanoseconds, and anything up to max_seconds."""
+    return st.one_of(st.sampled_from([0, 1, SECOND // 1000, SECOND, 15 * SECOND]),
+                     st.integers(0, 10), st.integers(0, int(max_seconds * SECOND)))
 
 
 def timeouts():
@@ -113,8 +144,8 @@ kill_configs = st.builds(
     immediate_interval=seconds(), immediate_increment=seconds(),
     immediate_timeout=timeouts())
 
-start_times = st.one_of(st.sampled_from([0.0, 1.0, 12345.678]),
-                        st.floats(0.0, 1e6, allow_nan=False))
+start_times = st.one_of(st.sampled_from([0, SECOND, 12345678 * SECOND // 1000]),
+                        st.integers(0, 10 ** 6 * SECOND))
 
 
 def monitor_state(m: Monitor) -> tuple:
@@ -129,18 +160,17 @@ def model_state(m: ModelMonitor) -> tuple:
 
 class Escalation(RuleBasedStateMachine):
     """Random stop requests, time advances (0 included, and onto the C
-    deadline and the doubles around it), heartbeats and child deaths; after
-    each, both sides tick at the same fake time and must agree."""
+    deadline and the nanoseconds around it), heartbeats and child deaths;
+    after each, both sides tick at the same fake time and must agree."""
 
     @initialize(config=kill_configs, t0=start_times, watch=st.booleans())
-    def start(self, config: KillConfig, t0: float, watch: bool) -> None:
+    def start(self, config: KillConfig, t0: int, watch: bool) -> None:
         self.config = config
         self.now = t0
         self.c = Monitor(t0, watch_heartbeat=watch)
         self.model = ModelMonitor(last_heartbeat=t0, watch_heartbeat=watch)
-        self.sent: list[tuple[float, int]] = []
-        self.promotions: list[tuple[float, int]] = []
-        self.sent_after_gone = 0
+        self.sent: list[tuple[int, int]] = []
+        self.promotions: list[tuple[int, int]] = []
         self.tick_both()
 
     def tick_both(self) -> None:
@@ -151,8 +181,6 @@ class Escalation(RuleBasedStateMachine):
             f"at {self.now!r}: C decided {got}, the model {want}"
         if got[0]:
             self.sent.append((self.now, got[0]))
-            if self.model.gone:
-                self.sent_after_gone += 1
         if got[1] != Promotion.NONE:
             self.promotions.append((self.now, int(got[1])))
 
@@ -180,20 +208,16 @@ class Escalation(RuleBasedStateMachine):
         self.model.gone = True
         self.tick_both()
 
-    @rule(dt=st.one_of(st.just(0.0), seconds(100.0)))
-    def advance(self, dt: float) -> None:
+    @rule(dt=nanoseconds())
+    def advance(self, dt: int) -> None:
         self.now += dt
         self.tick_both()
 
     @precondition(lambda self: self.c.deadline(self.config) is not None)
-    @rule(ulps=st.integers(-2, 2))
-    def advance_near_deadline(self, ulps: int) -> None:
-        """To the C deadline, or a few doubles before or after it."""
-        t = self.c.deadline(self.config)
-        direction = math.inf if ulps > 0 else -math.inf
-        for _ in range(abs(ulps)):
-            t = math.nextafter(t, direction)
-        self.now = max(self.now, t)
+    @rule(offset=st.integers(-2, 2))
+    def advance_near_deadline(self, offset: int) -> None:
+        """To the C deadline, or a few nanoseconds before or after it."""
+        self.now = max(self.now, self.c.deadline(self.config) + offset)
         self.tick_both()
 
     @invariant()
@@ -209,12 +233,15 @@ class Escalation(RuleBasedStateMachine):
             if sig == KILL:
                 assert self.config.immediate_timeout >= 0, "-1 means never"
                 assert self.model.immediate_start is not None
-                assert self.model.immediate_start <= t - self.config.immediate_timeout
+                assert self.model.immediate_start <= t - seconds_to_ns(
+                    self.config.immediate_timeout)
 
     @invariant()
-    def nothing_once_the_child_is_gone(self) -> None:
-        if hasattr(self, "c"):
-            assert self.sent_after_gone == 0
+    def no_deadline_once_the_child_is_gone(self) -> None:
+        """The model has no deadlines: this one is the C side's alone.  A
+        gone child must not keep the loop waking up."""
+        if hasattr(self, "c") and self.model.gone:
+            assert self.c.deadline(self.config) is None
 
     @invariant()
     def graceful_minus_one_never_promotes(self) -> None:
@@ -236,14 +263,14 @@ TestEscalation.settings = settings(max_examples=300, stateful_step_count=40, dea
 # ---- the deadline is exact -------------------------------------------------------------
 
 operations = st.lists(st.one_of(
-    st.tuples(st.just("graceful"), st.just(0.0)),
-    st.tuples(st.just("immediate"), st.just(0.0)),
-    st.tuples(st.just("heartbeat"), st.just(0.0)),
-    st.tuples(st.just("advance"), seconds(100.0))), max_size=12)
+    st.tuples(st.just("graceful"), st.just(0)),
+    st.tuples(st.just("immediate"), st.just(0)),
+    st.tuples(st.just("heartbeat"), st.just(0)),
+    st.tuples(st.just("advance"), nanoseconds())), max_size=12)
 
 
 def copy_of(m: Monitor) -> Monitor:
-    clone = Monitor(0.0)
+    clone = Monitor(0)
     clone._m[0] = m._m[0]
     return clone
 
@@ -256,8 +283,8 @@ def c_fields(m: Monitor) -> tuple:
 
 @settings(max_examples=1500, deadline=None)
 @given(config=kill_configs, t0=start_times, watch=st.booleans(), ops=operations,
-       fraction=st.floats(0.0, 1.0))
-def test_deadline_is_exact(config, t0, watch, ops, fraction):
+       before=st.integers(1, 10 ** 12))
+def test_deadline_is_exact(config, t0, watch, ops, before):
     """Ticking strictly before Monitor.deadline() does nothing at all; at the
     deadline something happens (a signal or a promotion)."""
     m = Monitor(t0, watch_heartbeat=watch)
@@ -275,15 +302,14 @@ def test_deadline_is_exact(config, t0, watch, ops, fraction):
     d = m.deadline(config)
     note(f"now={now!r} deadline={d!r} state={c_fields(m)}")
     if d is None:
-        for later in (now, now + 1.0, now + 1e7):
+        for later in (now, now + SECOND, now + 10 ** 7 * SECOND):
             idle = copy_of(m)
             assert idle.tick(config, later) == (0, Promotion.NONE)
             assert c_fields(idle) == c_fields(m)
         return
 
     assert d >= now, "a tick at now left something overdue"
-    just_before = math.nextafter(d, -math.inf)
-    for t in {just_before, now + (just_before - now) * fraction}:
+    for t in {d - 1, d - before}:
         if now <= t < d:
             idle = copy_of(m)
             assert idle.tick(config, t) == (0, Promotion.NONE), f"acted at {t!r} < {d!r}"
@@ -294,42 +320,59 @@ def test_deadline_is_exact(config, t0, watch, ops, fraction):
 
 # ---- a few worked examples (readable, and pinned) ------------------------------------
 
-def run_ticks(config: KillConfig, times, graceful_at=None, immediate_at=None, watch=False):
-    m = Monitor(0.0, watch_heartbeat=watch)
+def run_ticks(config: KillConfig, seconds, graceful_at=None, immediate_at=None, watch=False):
+    """Ticks at each whole second given; returns (second, signal) sent."""
+    m = Monitor(0, watch_heartbeat=watch)
     out = []
-    for t in times:
+    for t in seconds:
         if graceful_at == t:
-            m.graceful_stop(t)
+            m.graceful_stop(t * SECOND)
         if immediate_at == t:
-            m.immediate_stop(t)
-        sig, _ = m.tick(config, t)
+            m.immediate_stop(t * SECOND)
+        sig, _ = m.tick(config, t * SECOND)
         if sig:
             out.append((t, sig))
     return out
 
 
 def test_serverengine_defaults_graceful_schedule():
-    """Defaults: TERM at 0, 15, 40, 75, ... (15 + 10 * n), QUIT from 600 on."""
-    cfg = KillConfig()
-    times = [float(t) for t in range(0, 700)]
-    sent = run_ticks(cfg, times, graceful_at=0.0)
+    """The defaults pyse's configuration table holds are ServerEngine's: TERM
+    at 0, 15, 40, 75, ... (15 + 10 * n), QUIT from 600 on, never KILL."""
+    sent = run_ticks(kill_config(), range(0, 700), graceful_at=0)
     terms = [t for t, s in sent if s == TERM]
-    assert terms[:5] == [0.0, 15.0, 40.0, 75.0, 120.0]
+    assert terms[:5] == [0, 15, 40, 75, 120]
     first_quit = next(t for t, s in sent if s == QUIT)
-    assert first_quit == 601.0, "graceful_start < now - 600 is strict"
+    assert first_quit == 601, "graceful_start < now - 600 is strict"
     assert KILL not in {s for _, s in sent}
 
 
 def test_immediate_timeout_boundary_is_inclusive():
-    cfg = KillConfig(immediate_interval=1.0, immediate_increment=0.0, immediate_timeout=3.0)
-    sent = run_ticks(cfg, [0.0, 1.0, 2.0, 3.0, 4.0], immediate_at=0.0)
-    assert sent == [(0.0, QUIT), (1.0, QUIT), (2.0, QUIT), (3.0, KILL), (4.0, KILL)]
+    cfg = kill_config(immediate_interval=1.0, immediate_increment=0.0, immediate_timeout=3.0)
+    sent = run_ticks(cfg, [0, 1, 2, 3, 4], immediate_at=0)
+    assert sent == [(0, QUIT), (1, QUIT), (2, QUIT), (3, KILL), (4, KILL)]
 
 
 def test_heartbeat_timeout_boundary_is_inclusive():
-    cfg = KillConfig(heartbeat_timeout=2.0, immediate_interval=5.0)
-    m = Monitor(0.0, watch_heartbeat=True)
-    assert m.tick(cfg, 1.999) == (0, Promotion.NONE)
-    assert m.deadline(cfg) == 2.0
-    assert m.tick(cfg, 2.0) == (QUIT, Promotion.HEARTBEAT)
-    assert m.immediate_start == 2.0 and m.next_kill == 7.0 and m.kill_count == 1
+    cfg = kill_config(heartbeat_timeout=2.0, immediate_interval=5.0)
+    m = Monitor(0, watch_heartbeat=True)
+    assert m.tick(cfg, 2 * SECOND - 1) == (0, Promotion.NONE)
+    assert m.deadline(cfg) == 2 * SECOND
+    assert m.tick(cfg, 2 * SECOND) == (QUIT, Promotion.HEARTBEAT)
+    assert m.immediate_start == 2 * SECOND and m.next_kill == 7 * SECOND and m.kill_count == 1
+
+
+def test_graceful_timeout_promotes_one_nanosecond_after_it():
+    cfg = kill_config(graceful_interval=100.0, graceful_timeout=0.1)
+    m = Monitor(0)
+    m.graceful_stop(0)
+    assert m.tick(cfg, 0) == (TERM, Promotion.NONE)
+    assert m.deadline(cfg) == SECOND // 10 + 1
+    assert m.tick(cfg, SECOND // 10) == (0, Promotion.NONE), "strictly after the timeout"
+    assert m.tick(cfg, SECOND // 10 + 1) == (QUIT, Promotion.GRACEFUL)
+
+
+@pytest.mark.parametrize("seconds, ns", [(0.0, 0), (0.1, 100_000_000), (1e-9, 1), (15.0, 15 * SECOND),
+                                         (-1.0, -1), (-1, -1), (1e300, 10 ** 18)])
+def test_seconds_become_nanoseconds_once(seconds, ns):
+    """-1 (never) stays -1; a huge timeout is capped far from int64's end."""
+    assert seconds_to_ns(seconds) == ns

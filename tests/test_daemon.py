@@ -218,7 +218,7 @@ def test_blog_post_example(tmp_path):
         helpers.wait_for_line(log, r"\[worker_id: 1\] Awesome work!", 15)
 
         os.kill(first[0], signal.SIGKILL)
-        helpers.wait_for_line(log, r"INFO -- : Worker \d finished unexpectedly with signal "
+        helpers.wait_for_line(log, r"WARN -- : Worker \d finished unexpectedly with signal "
                                    r"SIGKILL", 15)
         second = wait_until(lambda: (lambda p: p if p and first[0] not in p else None)(
             workers()), 15, "the killed worker's replacement")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -62,7 +63,11 @@ def start(shared_dir):
         base = {"workers": 1, "daemonize_error_exit_code": ERROR_CODE,
                 "pid_path": str(shared_dir / "daemon.pid")}
         base.update(config)
-        return SupervisedRun(shared_dir, base, name=name)
+        # Every process of the tree fails any import after its drop, and
+        # sigdumps go to the shared directory (removed with it).
+        return SupervisedRun(shared_dir, base, name=name,
+                             env={"PYSE_TEST_NO_IMPORT_AFTER_DROP": "1",
+                                  "TMPDIR": str(shared_dir)})
 
     yield from helpers.started_runs(make)
 
@@ -116,6 +121,14 @@ def test_daemonized_supervisor_drops_before_the_server_exists(start, test_user, 
         assert gids == [supplementary] * 4, pid
         assert groups == {supplementary}, pid
         assert umask == "0022"
+    # What a running tree does after the drop imports nothing new: CONT
+    # (a sigdump in the supervisor, the server and the worker), USR2.
+    os.kill(supervisor, signal.SIGCONT)
+    wait_until(lambda: len(list(shared_dir.glob("sigdump-*.log"))) >= 3, 15,
+               "a sigdump from the supervisor, the server and the worker")
+    os.kill(supervisor, signal.SIGUSR2)
+    run.wait_record("reload")
+    assert "ImportError" not in run.log(), run.log()
     # The pid file was written by the (root) launcher; the daemon removes it
     # at its clean exit from the world-writable directory.
     assert (shared_dir / "daemon.pid").read_text() == f"{supervisor}\n"
@@ -128,14 +141,11 @@ def test_daemonized_supervisor_drops_before_the_server_exists(start, test_user, 
 def test_a_process_that_is_not_root_cannot_change_user(shared_dir):
     events = shared_dir / "events"
     proc = helpers.start_python(f"""
-        import importlib, os, pkgutil, sys
+        import os, sys
         import pyse
-        # Before the drop: the installed package may be unreadable to nobody
-        # (a venv in a root-only directory), and pyse imports some modules
-        # only when it needs them.
-        for module in pkgutil.iter_modules(pyse.__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module("pyse." + module.name)
+        # Nothing else is imported before the drop: `import pyse` must bring
+        # in everything pyse needs later (after the drop, the installed
+        # package may be unreadable: a venv in a root-only directory).
         os.setgroups([])
         os.setgid({NOGROUP})
         os.setuid({NOBODY})

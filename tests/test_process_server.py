@@ -271,3 +271,53 @@ def test_process_server_has_one_thread_while_forking(run_server, tmp_path):
     assert thread_count(run.pid) == 1
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
+
+
+def blocked_signals(pid: int, tid: int | None = None) -> int:
+    """SigBlk of a process (or one of its threads) from /proc."""
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    with open(path) as f:
+        for line in f:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk in {path}")
+
+
+def test_threads_and_programs_of_a_worker_inherit_no_blocked_signal(run_server):
+    """The server blocks its signals across fork; the worker's set-up must
+    unblock them before any thread starts.  A program that reload() starts
+    (from the worker's hook thread) has nothing blocked, and TERM ends it."""
+    run = run_server({"workers": 1, "test_reload_spawns": True})
+    (pid,) = run.wait_workers(1)
+    run.signal(signal.SIGUSR2)
+    spawned = wait_until(lambda: [r for r in run.records() if r.event.startswith("spawned:")],
+                         10, "reload() to start its program")
+    child = int(spawned[0].event.partition(":")[2])
+    try:
+        assert blocked_signals(child) == 0, f"the program started by reload() has " \
+            f"SigBlk {blocked_signals(child):016x}"
+        for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+            assert blocked_signals(pid, tid) == 0, f"worker thread {tid} blocks " \
+                f"{blocked_signals(pid, tid):016x}"
+        os.kill(child, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(child) or zombie_children(pid) == [child], 10,
+                   "TERM to end the program")
+    finally:
+        if pid_alive(child):
+            os.kill(child, signal.SIGKILL)
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+    reap_orphan(child, 5)   # the worker exited without reaping it: it is ours now
+
+
+def test_an_orphaned_worker_calls_stop_once(run_server):
+    """The server's death reaches a worker twice (the lifeline's hangup and
+    PR_SET_PDEATHSIG's TERM): stop() runs once, and the log says it once.
+    The worker ignores its stop, so both had time to call it twice."""
+    run = run_server({"workers": 1, "test_mode": "stubborn", "worker_orphan_timeout": 0.5})
+    (pid,) = run.wait_workers(1)
+    run.signal(signal.SIGKILL)
+    run.wait_exit(5)
+    reap_orphan(pid, 5)
+    assert len([r for r in run.of("stop") if r.pid == pid]) == 1, run.of("stop")
+    assert run.log().count("is gone; stopping") == 1

@@ -53,7 +53,8 @@ def test_failure_count_model(exits, reset):
 @given(last=st.none() | times, died=st.none() | times, failures=st.integers(0, 20),
        r=st.floats(0, 1, exclude_max=True), delay=durations, base=durations)
 def test_earliest_start_is_the_later_of_both_rules(last, died, failures, r, delay, base):
-    timing = rp.StartTiming(delay=delay, rand_ratio=0.2, backoff_base=base, backoff_max=30.0)
+    timing = rp.StartTiming(delay=delay, rand_ratio=0.2, backoff_base=base, backoff_max=30.0,
+                            backoff_reset=60.0)
     got = rp.earliest_start(timing, last, r, died, failures)
     spacing_due = 0.0 if last is None else last + rp.start_spacing(delay, 0.2, r)
     backoff_due = 0.0 if died is None else died + rp.backoff_delay(failures, base, 30.0)

@@ -1,5 +1,5 @@
 """Server module hooks for every worker type, and the server's ties to a
-supervisor (heartbeats, lifeline) for the in-process types (issue 4)."""
+supervisor (heartbeats, lifeline) for the in-process types."""
 from __future__ import annotations
 
 import os
@@ -71,7 +71,8 @@ class SupervisorEnds:
         while len(beats) < count and time.monotonic() < deadline:
             ready, _, _ = select.select([self.heartbeat_r], [], [], deadline - time.monotonic())
             if ready:
-                beats.extend([time.monotonic()] * len(os.read(self.heartbeat_r, 64)))
+                stamps = len(os.read(self.heartbeat_r, 64)) // 8   # 8-byte stamps
+                beats.extend([time.monotonic()] * stamps)
         return beats
 
     def close_heartbeat(self) -> None:
@@ -136,16 +137,28 @@ def test_in_process_server_notices_a_closed_heartbeat_pipe(supervised, worker_ty
     assert sup.run.wait_exit(10) == 0
 
 
-@pytest.mark.parametrize("worker_type", ["embedded", "thread"])
-def test_a_raising_server_hook_is_logged_and_the_server_goes_on(run_hooks, worker_type):
-    run = run_hooks({"worker_type": worker_type, "workers": 1, "test_hook_raises": True})
+@pytest.mark.parametrize("worker_type, supervisor", [*((t, False) for t in TYPES),
+                                                    ("process", True), ("thread", True)])
+def test_a_raising_server_hook_is_logged_and_the_server_goes_on(run_hooks, worker_type,
+                                                                supervisor):
+    """A user's reload_config() override that raises is logged; the server
+    (and its supervisor) go on, whatever the worker type, and the next
+    signal still reaches the same server."""
+    run = run_hooks({"worker_type": worker_type, "workers": 1, "test_hook_raises": True,
+                     "supervisor": supervisor})
     run.wait_record("run")
+    server_pid = run.of("before_run")[0].pid
     run.signal(signal.SIGUSR2)
     run.wait_log("RuntimeError: user reload_config failed")
+    run.wait_log("Handling SIGUSR2 (reload) raised; the server goes on")
     assert run.proc.poll() is None
+    run.signal(signal.SIGUSR2)
+    second = run.wait_record("reload_config", 2)[1]
+    assert second.pid == server_pid, "the same server process took the second reload"
+    assert len(run.of("before_run")) == 1, "the server was not restarted"
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
-    assert run.events()[-1] == "after_run"
+    assert run.events(-1)[-1] == "after_run"
 
 
 @pytest.mark.parametrize("worker_type", ["embedded", "thread"])

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import cmdline, environ_of
-from pyse.spawn_server import ProcessManager
+from pyse.spawn_server import CommandLauncher
 from recorder_harness import open_fds, reap_orphan, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,7 +132,7 @@ class FakeServer:
 
     def spawn_command(self, worker_id, argv, env):
         self.calls.append((worker_id, argv, env))
-        return 4242, -1
+        return 4242
 
 
 @pytest.mark.parametrize("args, argv", [
@@ -143,7 +143,7 @@ class FakeServer:
 ])
 def test_process_manager_spawn_arguments(args, argv):
     server = FakeServer()
-    manager = ProcessManager(server, 3)
+    manager = CommandLauncher(server, 3)
     assert manager.spawn(*args) == 4242
     (wid, got_argv, env), = server.calls
     assert (wid, got_argv) == (3, argv)
@@ -155,13 +155,13 @@ def test_process_manager_spawn_arguments(args, argv):
 def test_process_manager_spawn_none_removes_a_variable(monkeypatch):
     monkeypatch.setenv("PYSE_TEST_DROP_ME", "x")
     server = FakeServer()
-    ProcessManager(server, 0).spawn({"PYSE_TEST_DROP_ME": None, "B": 2}, "prog")
+    CommandLauncher(server, 0).spawn({"PYSE_TEST_DROP_ME": None, "B": 2}, "prog")
     env = server.calls[0][2]
     assert "PYSE_TEST_DROP_ME" not in env and env["B"] == "2"
 
 
 def test_process_manager_spawns_once_and_needs_a_command():
-    manager = ProcessManager(FakeServer(), 0)
+    manager = CommandLauncher(FakeServer(), 0)
     with pytest.raises(ValueError, match="needs a command"):
         manager.spawn({})
     manager.spawn({}, "prog")

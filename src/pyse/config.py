@@ -46,13 +46,22 @@ class _Bad(Exception):
 
 
 # -- checkers: value -> normalised value, or raise _Bad(expected) -------------
+# Each carries what it expects in ``.expected``, for the reference.
 Checker = Callable[[Any], Any]
+
+
+def expects(expected: str) -> Callable[[Checker], Checker]:
+    def mark(check: Checker) -> Checker:
+        check.expected = expected  # type: ignore[attr-defined]
+        return check
+    return mark
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+@expects("true or false")
 def boolean(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -93,12 +102,14 @@ def integer(minimum: int, maximum: Optional[int] = None) -> Checker:
     return check
 
 
+@expects("a non-empty string")
 def text(v: Any) -> str:
     if isinstance(v, str) and v:
         return v
     raise _Bad("a non-empty string")
 
 
+@expects("a file path (a non-empty string)")
 def path(v: Any) -> str:
     if isinstance(v, os.PathLike):
         v = os.fspath(v)
@@ -121,8 +132,9 @@ def choice(*allowed: str, aliases: Optional[Mapping[str, str]] = None) -> Checke
     return check
 
 
+@expects("a string with at most one %d or %s for the worker id, e.g. 'se-worker-%d'")
 def process_name_format(v: Any) -> str:
-    expected = "a string with at most one %d or %s for the worker id, e.g. 'se-worker-%d'"
+    expected = process_name_format.expected  # type: ignore[attr-defined]
     if not isinstance(v, str) or not v:
         raise _Bad(expected)
     try:
@@ -145,8 +157,9 @@ def format_process_name(fmt: str, worker_id: int) -> str:
         return fmt
 
 
+@expects("a list of exit codes (integers from 0 to 255)")
 def exit_codes(v: Any) -> List[int]:
-    expected = "a list of exit codes (integers from 0 to 255)"
+    expected = exit_codes.expected  # type: ignore[attr-defined]
     if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
         raise _Bad(expected)
     out = []
@@ -157,8 +170,9 @@ def exit_codes(v: Any) -> List[int]:
     return out
 
 
+@expects("an existing user name or a uid (integer >= 0)")
 def user(v: Any) -> Any:
-    expected = "an existing user name or a uid (integer >= 0)"
+    expected = user.expected  # type: ignore[attr-defined]
     if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0:
         return int(v)
     if isinstance(v, str) and v:
@@ -172,8 +186,9 @@ def user(v: Any) -> Any:
     raise _Bad(expected)
 
 
+@expects("an existing group name or a gid (integer >= 0)")
 def group(v: Any) -> Any:
-    expected = "an existing group name or a gid (integer >= 0)"
+    expected = group.expected  # type: ignore[attr-defined]
     if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0:
         return int(v)
     if isinstance(v, str) and v:
@@ -187,8 +202,9 @@ def group(v: Any) -> Any:
     raise _Bad(expected)
 
 
+@expects("a umask: an integer from 0 to 0o777, or an octal string like '022'")
 def umask(v: Any) -> int:
-    expected = "a umask: an integer from 0 to 0o777, or an octal string like '022'"
+    expected = umask.expected  # type: ignore[attr-defined]
     if isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 0o777:
         return int(v)
     if isinstance(v, str) and v and all(c in "01234567" for c in v.removeprefix("0o")):
@@ -198,27 +214,31 @@ def umask(v: Any) -> int:
     raise _Bad(expected)
 
 
+@expects("a file path, '-' for stdout, or an object with write()")
 def log_destination(v: Any) -> Any:
     if hasattr(v, "write") and not isinstance(v, (str, bytes)):
         return v            # an open stream, as ServerEngine accepts an IO
     try:
         return path(v)
     except _Bad:
-        raise _Bad("a file path, '-' for stdout, or an object with write()") from None
+        raise _Bad(log_destination.expected) from None  # type: ignore[attr-defined]
 
 
+@expects("a subclass of logging.Logger")
 def logger_class(v: Any) -> type:
     if isinstance(v, type) and issubclass(v, logging.Logger):
         return v
     raise _Bad("a subclass of logging.Logger")
 
 
+@expects("a logging.Logger instance")
 def logger_instance(v: Any) -> logging.Logger:
     if isinstance(v, logging.Logger):
         return v
     raise _Bad("a logging.Logger instance")
 
 
+@expects("a signal name like 'USR2' or 'SIGUSR2', or a signal number")
 def signal_spec(v: Any) -> int:
     expected = "a signal name like 'USR2' or 'SIGUSR2', or a signal number"
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
@@ -249,14 +269,7 @@ class Key:
 
     @property
     def expected(self) -> str:
-        expected = getattr(self.check, "expected", None)
-        if expected:
-            return expected
-        try:
-            self.check(object())
-        except _Bad as e:
-            return e.expected.split(";")[0]
-        return ""
+        return self.check.expected  # type: ignore[attr-defined]
 
 
 _TIMEOUT_DOC = "seconds; -1 means never"

@@ -1,7 +1,7 @@
 """The top of the process tree: ``pyse.create()`` and :class:`Daemon`.
 
 The daemon validates the configuration before anything forks, then, in this
-order (SPEC section 6):
+order:
 
 1. with ``daemonize``: double fork and ``setsid`` (:mod:`pyse.daemonize`);
    the launching process waits on a ready pipe and exits only once the
@@ -23,31 +23,40 @@ and exit with ``daemonize_error_exit_code``.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 from typing import Any, Optional
 
+# Everything a daemon may need is imported with this module, while the
+# process is still privileged: after chuser the interpreter's own
+# directories may no longer be readable.
+import setproctitle
+
 from pyse import config as config_mod
 from pyse import pidfile, privilege
 from pyse.daemonize import ReadyPipe, StartupError, launch, report_startup_error
+from pyse.embedded_server import EmbeddedServer
+from pyse.logger import LogSetup
+from pyse.process_server import ProcessServer
 from pyse.server import ConfigSource, Server
+from pyse.spawn_server import SpawnServer
+from pyse.supervisor import Supervisor
+from pyse.thread_server import ThreadServer
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
                           IMMEDIATE_STOP, RELOAD)
 from pyse.worker import Worker, mix_in
 
 #: worker_type -> the server class that runs that type of worker
-SERVER_CLASSES = {
-    "embedded": "pyse.embedded_server:EmbeddedServer",
-    "thread": "pyse.thread_server:ThreadServer",
-    "process": "pyse.process_server:ProcessServer",
-    "spawn": "pyse.spawn_server:SpawnServer",
+SERVER_CLASSES: dict[str, type[Server]] = {
+    "embedded": EmbeddedServer,
+    "thread": ThreadServer,
+    "process": ProcessServer,
+    "spawn": SpawnServer,
 }
 
 
 def server_base_class(worker_type: str) -> type:
-    module, _, name = SERVER_CLASSES[worker_type].partition(":")
-    return getattr(importlib.import_module(module), name)
+    return SERVER_CLASSES[worker_type]
 
 
 def create(server_module: Optional[type], worker_module: type,
@@ -111,7 +120,7 @@ class Daemon:
         raise SystemExit(self.main())
 
     def reserve_pid_file(self) -> Optional[pidfile.PidFile]:
-        path = self.config.get("pid_path")
+        path = self.config["pid_path"]
         if not path:
             return None
         pid_file = pidfile.PidFile(os.fspath(path))
@@ -123,17 +132,14 @@ class Daemon:
         """In the daemon process: privileges, logging, the server (or the
         supervisor); returns the exit status.  StartupError for what fails
         before the server is up; the ready pipe, if any, hears about it."""
-        from pyse.logger import LogSetup
-
-        set_process_name(self.config.get("daemon_process_name"))
-        preload_modules(self.config)
+        set_process_name(self.config["daemon_process_name"])
         try:
             drop_privileges(self.config)
             log_setup = LogSetup(self.config)
             try:
                 log_setup.start()
             except OSError as e:
-                raise StartupError(f"cannot open the log {self.config.get('log')!r}: "
+                raise StartupError(f"cannot open the log {self.config['log']!r}: "
                                    f"{e.strerror or e}") from e
         except StartupError as e:
             self.finish_pid_file(None)
@@ -171,13 +177,13 @@ class Daemon:
                   private_fds: list[int]) -> Server:
         """The server, or its supervisor."""
         if self.config["supervisor"]:
-            from pyse.supervisor import Supervisor
-
             return Supervisor(self.server_class, self.worker_class, self.config_source,
                               self.config, log_setup, ready=ready, private_fds=private_fds)
         server = self.server_class(self.worker_class, self.config_source, self.config, log_setup)
-        # Workers must not keep the pid file's lock (it means: the daemon lives).
-        server.private_fds = list(getattr(server, "private_fds", [])) + private_fds
+        # Workers must not keep the pid file's lock (it means: the daemon
+        # lives).  Servers that do not fork have no private fds.
+        if hasattr(server, "private_fds"):
+            server.private_fds.extend(private_fds)
         if ready is not None:
             server.when_ready = ready.ready
         return server
@@ -229,7 +235,7 @@ class Daemon:
         if a live daemon holds it (RuntimeError otherwise)."""
         if self.pid is not None:
             return self.pid
-        path = self.config.get("pid_path")
+        path = self.config["pid_path"]
         if not path:
             raise RuntimeError("this daemon was not started here and has no pid_path to find it by")
         try:
@@ -240,18 +246,7 @@ class Daemon:
 
 def set_process_name(name: Optional[str]) -> None:
     if name:
-        import setproctitle
-
         setproctitle.setproctitle(name)
-
-
-def preload_modules(config: dict) -> None:
-    """Imports what the daemon imports lazily, while still privileged: after
-    chuser the interpreter's own directories may not be readable any more."""
-    if config["supervisor"]:
-        importlib.import_module("pyse.supervisor")
-    if config.get("server_process_name") or config.get("worker_process_name"):
-        importlib.import_module("setproctitle")
 
 
 def drop_privileges(config: dict) -> None:

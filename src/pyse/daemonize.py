@@ -15,6 +15,7 @@ import sys
 from typing import Any, Optional
 
 from pyse import pidfile
+from pyse.log_capture import flush_std_streams
 from pyse.signals import GRACEFUL_STOP
 
 
@@ -64,7 +65,7 @@ def launch(daemon: Any, pid_file: Optional[pidfile.PidFile], error_code: int) ->
     """The launcher's side of ``daemonize``: double fork, then wait until
     the daemon is up (0) or failed (error_code, reason on stderr)."""
     read_fd, write_fd = os.pipe()
-    flush_stdio()
+    flush_std_streams()
     pid = os.fork()
     if pid == 0:
         intermediate(daemon, read_fd, write_fd, pid_file, error_code)
@@ -124,7 +125,7 @@ def daemon_process(daemon: Any, write_fd: int, pid_file: Optional[pidfile.PidFil
             code = e.code
     finally:
         ready.close()
-        flush_stdio()
+        flush_std_streams()
         os._exit(code)
 
 
@@ -141,15 +142,6 @@ def read_ready(reader: Any) -> tuple[int, str]:
         elif word == "error":
             return daemon_pid, rest
     return daemon_pid, ""
-
-
-def flush_stdio() -> None:
-    """Before a fork: buffered output must not be written twice."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass  # closed or replaced by the program: nothing buffered to lose
 
 
 def redirect_stdio_to_null() -> None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from pyse import lowlevel, restart_policy
+from pyse import lowlevel
 from pyse.in_process_server import InProcessServer
+from pyse.multi_worker_server import judge_worker_exit
+from pyse.restart_policy import SlotHistory, StartTiming
 from pyse.worker import Worker
 
 
@@ -60,8 +62,7 @@ class EmbeddedServer(InProcessServer):
             server_thread.join()
 
     def run_until_stop(self) -> None:
-        failures = 0
-        timing = restart_policy.StartTiming.from_config(self.config)
+        history = SlotHistory()
         while True:
             worker = self.create_worker(0)
             with self._lock:
@@ -70,33 +71,17 @@ class EmbeddedServer(InProcessServer):
                 if self._stop:
                     return
                 self.worker = worker
-            started = lowlevel.now()
+            history.record_start(lowlevel.now())
             description, code = run_worker(worker, self.logger)
             with self._lock:
                 self.worker = None
                 asked = self._stop or self._restarting is worker
-            now = lowlevel.now()
-            self.logger.info("Worker 0 finished%s with %s", "" if asked else " unexpectedly",
-                             description)
-            if self.unrecoverable(code):
-                return
-            timing = restart_policy.StartTiming.from_config(self.config)
-            failures = restart_policy.failures_after_exit(failures, now - started,
-                                                          timing.backoff_reset, asked)
-            wait = restart_policy.backoff_delay(failures, timing.backoff_base,
-                                                timing.backoff_max)
-            if wait > 0 and not self._stop:
-                self.logger.warning("Worker 0 failed %d times in a row: running it again in "
-                                    "%.3g s", failures, wait)
-                self._wake.wait(wait)   # stop() sets it
-
-    def unrecoverable(self, code: Optional[int]) -> bool:
-        codes = self.config.get("unrecoverable_exit_codes") or ()
-        if code is None or code not in codes:
-            return False
-        self.stop_status = code
-        self.logger.error("Worker 0 exited with unrecoverable code %d: stopping the server", code)
-        return True
+            delay = judge_worker_exit(self, 0, history, StartTiming.from_config(self.config),
+                                      description, code, asked, not self._stop, lowlevel.now())
+            if delay is None:
+                return   # an unrecoverable exit code ends the server
+            if delay > 0 and not self._stop:
+                self._wake.wait(delay)   # stop() sets it
 
     # -- signals (on the server thread) ------------------------------------
     def stop(self, stop_graceful: bool) -> None:

@@ -13,8 +13,8 @@ supervisor's lifeline (its hangup is seen at once) and times the heartbeats
 toward the supervisor.  Signals are not blocked in other threads: a blocked
 mask would be inherited by every program the user starts with subprocess.
 
-The control thread only translates what it sees into events on a queue; a
-"server thread" (the main thread of a thread server, a helper thread of an
+The control thread only translates what it sees into typed events on a
+queue; a "server thread" (the main thread of a thread server, a helper thread of an
 embedded server) takes them and runs the server's reactions and hooks, so a
 slow user hook never delays a heartbeat or the lifeline.
 
@@ -26,23 +26,50 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 from pyse import lowlevel
 from pyse.lowlevel import EventKind
-from pyse.parent_link import ParentLink
+from pyse.process_manager import ParentLink
 from pyse.server import Server
 from pyse.signals import SERVER_SIGNALS, signal_name
 from pyse.worker import Worker
 
-#: an event for the server thread: ("signal", signo), ("parent_gone", now),
-#: ("control_failed", message), or what a subclass posts itself
-ServerEvent = tuple
+
+# -- what the server thread is told ----------------------------------------------------
+
+@dataclass(frozen=True)
+class SignalReceived:
+    signo: int
+
+
+@dataclass(frozen=True)
+class SupervisorGone:
+    at: float                  # CLOCK_MONOTONIC seconds
+
+
+@dataclass(frozen=True)
+class ControlFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkerThreadExited:
+    """A thread server's worker thread ended (posted by the thread itself)."""
+    slot: Any
+    worker: Worker
+    description: str
+    exit_code: Optional[int]
+
+
+ServerEvent = Union[SignalReceived, SupervisorGone, ControlFailed, WorkerThreadExited]
 
 
 class ControlThread:
     """Waits in the C loop for the server's signals and the supervisor's
-    lifeline, beats toward the supervisor, and posts what it sees."""
+    lifeline (the loop also beats toward the supervisor), and posts what it
+    sees."""
 
     def __init__(self, post: Callable[[ServerEvent], None], link: Optional[ParentLink]) -> None:
         self._post = post
@@ -54,15 +81,17 @@ class ControlThread:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        loop = lowlevel.Loop(reap_any=False)
+        # Under a supervisor the server process's set-up made the loop: it
+        # owns our signals, watches the lifeline and beats to the supervisor.
+        given = self._link.loop if self._link is not None else None
+        loop = given if given is not None else lowlevel.Loop(reap_any=False)
         try:
             r, w = os.pipe()
             self._wakeup = (r, w)
             loop.wake_on_readable(r)
-            if self._link is not None:
-                loop.set_lifeline_fd(self._link.lifeline_fd)
-            # Last: from here on a TERM is ours, not the default action.
-            loop.own_signals(SERVER_SIGNALS)
+            if given is None:
+                # Last: from here on a TERM is ours, not the default action.
+                loop.own_signals(SERVER_SIGNALS)
         except BaseException:
             loop.close()
             self._close_wakeup()
@@ -96,30 +125,14 @@ class ControlThread:
         assert self._loop is not None
         try:
             while not self._closing:
-                for event in self._loop.wait(self._next_beat()):
+                for event in self._loop.wait(None):
                     if event.kind is EventKind.SIGNAL:
-                        self._post(("signal", event.status))
-                    elif event.kind is EventKind.PARENT_GONE:
-                        self._report_parent_gone()
-                self._beat()
+                        self._post(SignalReceived(event.status))
+                    elif event.kind is EventKind.PARENT_GONE and not self._parent_gone:
+                        self._parent_gone = True
+                        self._post(SupervisorGone(lowlevel.now()))
         except Exception as e:  # the server must hear of it, or it goes deaf
-            self._post(("control_failed", f"{type(e).__name__}: {e}"))
-
-    def _next_beat(self) -> Optional[float]:
-        if self._link is None or self._parent_gone:
-            return None
-        return self._link.next_beat
-
-    def _beat(self) -> None:
-        if self._link is None or self._parent_gone:
-            return
-        if not self._link.beat_if_due(lowlevel.now()):
-            self._report_parent_gone()
-
-    def _report_parent_gone(self) -> None:
-        if not self._parent_gone:
-            self._parent_gone = True
-            self._post(("parent_gone", lowlevel.now()))
+            self._post(ControlFailed(f"{type(e).__name__}: {e}"))
 
 
 class InProcessServer(Server):
@@ -146,15 +159,14 @@ class InProcessServer(Server):
 
     def handle_event(self, event: ServerEvent) -> None:
         """Reacts to one event; runs on the server thread."""
-        kind = event[0]
-        if kind == "signal":
-            self.logger.debug("Received %s", signal_name(event[1]))
-            self.dispatch_signal(event[1])
-        elif kind == "parent_gone":
-            self.parent_gone(event[1])
-        elif kind == "control_failed":
+        if isinstance(event, SignalReceived):
+            self.logger.debug("Received %s", signal_name(event.signo))
+            self.dispatch_signal(event.signo)
+        elif isinstance(event, SupervisorGone):
+            self.parent_gone(event.at)
+        elif isinstance(event, ControlFailed):
             self.logger.error("The control thread failed (%s): stopping, since signals "
-                              "can no longer reach this server", event[1])
+                              "can no longer reach this server", event.reason)
             self.stop(True)
         else:
             raise ValueError(f"unknown server event {event!r}")
@@ -163,9 +175,9 @@ class InProcessServer(Server):
         try:
             self.handle_event(event)
         except Exception:
-            # A user hook (stop, restart, reload_config...) raised: the
-            # server goes on, as a process server does.
-            self.logger.exception("Handling %r raised", event[0])
+            # A user hook raised (signals are guarded in dispatch_signal;
+            # this is for the rest): the server goes on.
+            self.logger.exception("Handling %s raised", type(event).__name__)
 
     def serve_events(self) -> None:
         """The embedded server's server thread: events until None."""
@@ -178,12 +190,12 @@ class InProcessServer(Server):
     # Threads cannot be killed: the immediate variants act gracefully.
     def handle_immediate_stop(self) -> None:
         self.logger.info("QUIT: %s workers have no immediate stop; stopping gracefully",
-                         self.config.get("worker_type"))
+                         self.config["worker_type"])
         self.stop(True)
 
     def handle_immediate_restart(self) -> None:
         self.logger.info("HUP: %s workers have no immediate stop; restarting gracefully",
-                         self.config.get("worker_type"))
+                         self.config["worker_type"])
         self.restart(True)
 
     # -- hooks on fresh threads -------------------------------------------

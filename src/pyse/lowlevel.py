@@ -1,9 +1,11 @@
 """The one importer of the compiled core (``pyse._core``).
 
-Everything above this module speaks Python: floats for times, lists of
-:class:`Event` for what happened, :class:`OSError` for a failed syscall (its
-message says what the core was doing).  Below it, C return codes and cffi
-structs.
+Everything above this module speaks Python: float seconds of
+CLOCK_MONOTONIC for times, lists of :class:`Event` for what happened,
+:class:`OSError` for a failed syscall (its message says what the core was
+doing, naming the pid or fd).  Below it, C return codes, cffi structs and
+int64 nanoseconds.  This module knows the C API, not pyse's configuration
+keys.
 """
 from __future__ import annotations
 
@@ -15,13 +17,29 @@ from typing import Iterable, NamedTuple, Optional
 
 from pyse._core import ffi, lib
 
-UNSET = float(lib.PYSE_UNSET)
+NS_PER_SECOND = 1_000_000_000
+#: the longest duration the core is given: 30 years; longer means "never"
+#: in practice, and keeps every sum of times far from int64's end
+MAX_SECONDS = 1e9
+NO_TIME = lib.PYSE_NO_TIME
+
+
+def seconds_to_ns(seconds: float) -> int:
+    """A duration or time in integer nanoseconds; negative durations (the
+    configuration's -1, "never") stay -1."""
+    if seconds < 0:
+        return -1
+    return round(min(float(seconds), MAX_SECONDS) * NS_PER_SECOND)
+
+
+def ns_to_seconds(ns: int) -> float:
+    return ns / NS_PER_SECOND
 
 
 class EventKind(enum.IntEnum):
     SIGNAL = lib.PYSE_EV_SIGNAL
     EXITED = lib.PYSE_EV_EXITED
-    HEARTBEAT = lib.PYSE_EV_HEARTBEAT
+    HEARTBEAT = lib.PYSE_EV_HEARTBEAT          # the child's first beat: it is up
     CLOSED = lib.PYSE_EV_CLOSED
     HEARTBEAT_TIMEOUT = lib.PYSE_EV_HEARTBEAT_TIMEOUT
     GRACEFUL_TIMEOUT = lib.PYSE_EV_GRACEFUL_TIMEOUT
@@ -29,6 +47,11 @@ class EventKind(enum.IntEnum):
     TIMER = lib.PYSE_EV_TIMER
     WAKEUP = lib.PYSE_EV_WAKEUP
     PARENT_GONE = lib.PYSE_EV_PARENT_GONE
+    FD_READY = lib.PYSE_EV_FD_READY
+
+
+READABLE = lib.PYSE_READABLE
+WRITABLE = lib.PYSE_WRITABLE
 
 
 class Promotion(enum.IntEnum):
@@ -38,9 +61,10 @@ class Promotion(enum.IntEnum):
 
 
 class Event(NamedTuple):
-    """One thing the loop saw.  ``status`` is the raw wait status for EXITED,
-    the signal number for SIGNAL and KILL; ``err`` is the errno of a failed
-    kill (KILL) or read (CLOSED), else 0."""
+    """One thing the loop saw.  ``pid`` is the child (the fd for FD_READY);
+    ``status`` is the raw wait status for EXITED, the signal number for
+    SIGNAL and KILL, READABLE/WRITABLE bits for FD_READY; ``err`` is the
+    errno of a failed kill (KILL) or read (CLOSED), else 0."""
 
     kind: EventKind
     pid: int
@@ -50,48 +74,31 @@ class Event(NamedTuple):
 
 @dataclass(frozen=True)
 class KillConfig:
-    """Timing of the kill escalation for one child (SPEC section 5)."""
+    """Timing of the kill escalation of one child, in seconds (-1 for a
+    timeout: never).  The values come from the configuration (see
+    :func:`pyse.process_manager.kill_config`); the signals are pyse's."""
 
-    heartbeat_timeout: float = 180.0
-    graceful_interval: float = 15.0
-    graceful_increment: float = 10.0
-    graceful_timeout: float = 600.0
-    immediate_interval: float = 10.0
-    immediate_increment: float = 10.0
-    immediate_timeout: float = 600.0
+    heartbeat_timeout: float
+    graceful_interval: float
+    graceful_increment: float
+    graceful_timeout: float
+    immediate_interval: float
+    immediate_increment: float
+    immediate_timeout: float
     graceful_signal: int = int(signal.SIGTERM)
     immediate_signal: int = int(signal.SIGQUIT)
-
-    @classmethod
-    def from_config(cls, config: dict, prefix: str = "worker_") -> "KillConfig":
-        """Reads ``<prefix>heartbeat_timeout``, ``<prefix>graceful_kill_*`` and
-        ``<prefix>immediate_kill_*`` from a validated configuration."""
-
-        def get(key: str, default: float) -> float:
-            value = config.get(prefix + key)
-            return float(default if value is None else value)
-
-        d = cls()
-        return cls(
-            heartbeat_timeout=get("heartbeat_timeout", d.heartbeat_timeout),
-            graceful_interval=get("graceful_kill_interval", d.graceful_interval),
-            graceful_increment=get("graceful_kill_interval_increment", d.graceful_increment),
-            graceful_timeout=get("graceful_kill_timeout", d.graceful_timeout),
-            immediate_interval=get("immediate_kill_interval", d.immediate_interval),
-            immediate_increment=get("immediate_kill_interval_increment", d.immediate_increment),
-            immediate_timeout=get("immediate_kill_timeout", d.immediate_timeout),
-        )
 
     def to_c(self):
         c = ffi.new("struct pyse_kill_config *")
         for f in fields(self):
-            setattr(c, f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            setattr(c, f.name, value if f.name.endswith("_signal") else seconds_to_ns(value))
         return c
 
 
 def _raise_oserror() -> None:
     err = ffi.errno
-    context = ffi.string(lib.pyse_error_context()).decode()
+    context = ffi.string(lib.pyse_error_context()).decode(errors="replace")
     raise OSError(err, f"{context}: {os.strerror(err)}")
 
 
@@ -101,61 +108,77 @@ def _check(result: int) -> int:
     return result
 
 
-def _time(t: Optional[float]) -> Optional[float]:
-    return None if t == UNSET else t
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in integer nanoseconds."""
+    out = ffi.new("int64_t *")
+    _check(lib.pyse_clock_now(out))
+    return out[0]
 
 
 def now() -> float:
     """CLOCK_MONOTONIC in seconds: the clock every deadline of the loop uses
     (the same clock as :func:`time.monotonic` on Linux)."""
-    return lib.pyse_now()
+    return now_ns() / NS_PER_SECOND
+
+
+def _time(t: int) -> Optional[int]:
+    return None if t == NO_TIME else t
 
 
 class Monitor:
-    """The pure escalation state of one child: decides, never sends.
+    """The pure escalation state of one child: decides, never sends.  Times
+    are integer nanoseconds, as in the core.
 
     Tests drive it with a fake clock; the loop runs the same C code."""
 
-    def __init__(self, now: float, watch_heartbeat: bool = True) -> None:
+    def __init__(self, now: int, watch_heartbeat: bool = True) -> None:
         self._m = ffi.new("struct pyse_monitor *")
         lib.pyse_monitor_init(self._m, now, int(watch_heartbeat))
 
-    def graceful_stop(self, now: float) -> None:
+    def graceful_stop(self, now: int) -> None:
         lib.pyse_monitor_graceful_stop(self._m, now)
 
-    def immediate_stop(self, now: float) -> None:
+    def immediate_stop(self, now: int) -> None:
         lib.pyse_monitor_immediate_stop(self._m, now)
 
-    def heartbeat(self, now: float) -> None:
+    def heartbeat(self, now: int) -> None:
         lib.pyse_monitor_heartbeat(self._m, now)
 
     def child_gone(self) -> None:
         self._m.gone = 1
 
-    def tick(self, config: KillConfig, now: float) -> tuple[int, Promotion]:
+    def tick(self, config: KillConfig, now: int) -> tuple[int, Promotion]:
         """Returns (signal to send now or 0, why it was promoted this tick)."""
         promoted = ffi.new("int *")
         signo = lib.pyse_monitor_tick(self._m, config.to_c(), now, promoted)
         return signo, Promotion(promoted[0])
 
-    def deadline(self, config: KillConfig) -> Optional[float]:
+    def deadline(self, config: KillConfig) -> Optional[int]:
         return _time(lib.pyse_monitor_deadline(self._m, config.to_c()))
 
     @property
-    def next_kill(self) -> Optional[float]:
+    def next_kill(self) -> Optional[int]:
         return _time(self._m.next_kill)
 
     @property
-    def graceful_start(self) -> Optional[float]:
+    def graceful_start(self) -> Optional[int]:
         return _time(self._m.graceful_start)
 
     @property
-    def immediate_start(self) -> Optional[float]:
+    def immediate_start(self) -> Optional[int]:
         return _time(self._m.immediate_start)
+
+    @property
+    def last_heartbeat(self) -> int:
+        return self._m.last_heartbeat
 
     @property
     def kill_count(self) -> int:
         return self._m.kill_count
+
+
+def _ns_or_now(t: Optional[float]) -> int:
+    return now_ns() if t is None else round(t * NS_PER_SECOND)
 
 
 class Loop:
@@ -171,15 +194,21 @@ class Loop:
         self._events = ffi.new("struct pyse_event[]", self.MAX_EVENTS)
         self._wakeup_pipe: Optional[tuple[int, int]] = None
         self._previous_wakeup_fd: Optional[int] = None
+        #: whether this loop owns signals (SIGCHLD at least): without it,
+        #: a child's death is seen only at the next wake-up
+        self.owns_signals = False
 
     # -- signals ---------------------------------------------------------
     def own_signals(self, signals: Iterable[int]) -> None:
-        """Takes over these signals (and SIGCHLD): they become SIGNAL events."""
+        """Takes over these signals (and SIGCHLD) and unblocks them in the
+        calling thread: they become SIGNAL events."""
         sigs = [int(s) for s in signals]
         _check(lib.pyse_loop_own_signals(self._loop, ffi.new("int[]", sigs), len(sigs)))
+        self.owns_signals = True
 
     def release_signals(self) -> None:
         _check(lib.pyse_loop_release_signals(self._loop))
+        self.owns_signals = False
 
     def watch_python_signals(self) -> None:
         """Wakes the wait when a signal with a Python handler arrives, so the
@@ -197,34 +226,64 @@ class Loop:
         For a loop waited on by one thread that others must be able to wake."""
         _check(lib.pyse_loop_set_wakeup_fd(self._loop, fd))
 
+    # -- the parent ------------------------------------------------------
     def set_lifeline_fd(self, fd: int, orphan_kill_delay: float = 0.0) -> None:
         """Watches fd's hangup (PARENT_GONE); with orphan_kill_delay > 0 the
         hangup also arms a SIGKILL of this process that many seconds later."""
-        _check(lib.pyse_loop_set_lifeline_fd(self._loop, fd))
-        _check(lib.pyse_loop_set_orphan_kill_delay(self._loop, orphan_kill_delay))
+        _check(lib.pyse_loop_set_lifeline_fd(self._loop, fd,
+                                             max(0, seconds_to_ns(orphan_kill_delay))))
+
+    def set_parent_heartbeat(self, fd: int, interval: float) -> None:
+        """Beats toward the parent through fd (non-blocking; -1: none): a
+        stamp on every entry into wait() once ``interval`` has passed since
+        the last one.  A wait returns (maybe with no event) when a beat is
+        due, so that the beat proves the caller runs; EPIPE is PARENT_GONE."""
+        if fd >= 0:
+            os.set_blocking(fd, False)
+        _check(lib.pyse_loop_set_parent_heartbeat(self._loop, fd, seconds_to_ns(interval)))
+
+    # -- fds ---------------------------------------------------------------
+    def watch_fd(self, fd: int, readable: bool = True, writable: bool = False) -> None:
+        """FD_READY events while fd is readable/writable (level-triggered:
+        until the caller reads, writes, or stops watching it).  The fd stays
+        the caller's; stop watching it before closing it."""
+        events = (READABLE if readable else 0) | (WRITABLE if writable else 0)
+        _check(lib.pyse_loop_watch_fd(self._loop, fd, events))
+
+    def unwatch_fd(self, fd: int) -> None:
+        _check(lib.pyse_loop_watch_fd(self._loop, fd, 0))
 
     # -- children --------------------------------------------------------
     def add_child(self, pid: int, heartbeat_fd: int, config: KillConfig,
-                  now: Optional[float] = None) -> None:
-        """Monitors pid.  The loop takes ownership of heartbeat_fd (-1: none)."""
-        t = lib.pyse_now() if now is None else now
-        _check(lib.pyse_loop_add_child(self._loop, pid, heartbeat_fd, config.to_c(), t))
+                  now: Optional[float] = None, *, stamped: bool = True,
+                  heartbeat_optional: bool = False) -> None:
+        """Monitors pid.  The loop takes ownership of heartbeat_fd (-1: none).
+        stamped: the child beats with stamps (pyse's own children); else any
+        bytes are a beat.  heartbeat_optional: the heartbeat timeout applies
+        only once the child has beaten (programs that may never)."""
+        flags = ((lib.PYSE_CHILD_STAMPED_BEATS if stamped else 0)
+                 | (lib.PYSE_CHILD_HEARTBEAT_OPTIONAL if heartbeat_optional else 0))
+        _check(lib.pyse_loop_add_child(self._loop, pid, heartbeat_fd, flags, config.to_c(),
+                                       _ns_or_now(now)))
 
     def set_child_config(self, pid: int, config: KillConfig) -> None:
         _check(lib.pyse_loop_set_child_config(self._loop, pid, config.to_c()))
 
     def stop_child(self, pid: int, immediate: bool, now: Optional[float] = None) -> None:
-        t = lib.pyse_now() if now is None else now
-        _check(lib.pyse_loop_stop_child(self._loop, pid, int(immediate), t))
+        _check(lib.pyse_loop_stop_child(self._loop, pid, int(immediate), _ns_or_now(now)))
 
     def monitor(self, pid: int) -> dict:
+        """The child's escalation state, times in seconds (None: unset)."""
         m = ffi.new("struct pyse_monitor *")
         _check(lib.pyse_loop_get_monitor(self._loop, pid, m))
+
+        def seconds(t: int) -> Optional[float]:
+            return None if t == NO_TIME else ns_to_seconds(t)
         return {
-            "last_heartbeat": m.last_heartbeat,
-            "next_kill": _time(m.next_kill),
-            "graceful_start": _time(m.graceful_start),
-            "immediate_start": _time(m.immediate_start),
+            "last_heartbeat": ns_to_seconds(m.last_heartbeat),
+            "next_kill": seconds(m.next_kill),
+            "graceful_start": seconds(m.graceful_start),
+            "immediate_start": seconds(m.immediate_start),
             "kill_count": m.kill_count,
         }
 
@@ -233,8 +292,9 @@ class Loop:
 
     # -- waiting ---------------------------------------------------------
     def wait(self, deadline: Optional[float] = None) -> list[Event]:
-        """Blocks (without the GIL) until events arrive or deadline passes."""
-        d = UNSET if deadline is None else deadline
+        """Blocks (without the GIL) until events arrive or deadline passes
+        (a TIMER event).  An empty list: a parent heartbeat is due."""
+        d = NO_TIME if deadline is None else max(0, round(deadline * NS_PER_SECOND))
         n = _check(lib.pyse_loop_wait(self._loop, d, self._events, self.MAX_EVENTS))
         evs = self._events
         return [Event(EventKind(evs[i].kind), evs[i].pid, evs[i].status, evs[i].err)
@@ -262,9 +322,11 @@ class Loop:
             signal.set_wakeup_fd(-1)
             fds.extend(self._wakeup_pipe)
             self._wakeup_pipe = None
-        _check(lib.pyse_child_after_fork(self._loop, ffi.new("int[]", fds), len(fds)))
-        lib.pyse_loop_free(self._loop)
-        self._loop = None
+        try:
+            _check(lib.pyse_child_after_fork(self._loop, ffi.new("int[]", fds), len(fds)))
+        finally:
+            lib.pyse_loop_free(self._loop)
+            self._loop = None
 
     def __enter__(self) -> "Loop":
         return self
@@ -287,4 +349,4 @@ def set_parent_death_signal(signo: int, expected_ppid: int) -> bool:
 def prepare_orphan_kill(parent_pid: int, seconds: float) -> None:
     """Creates this process's orphan SIGKILL timer, armed (by C, from a
     signal handler if need be) once parent_pid is no longer the parent."""
-    _check(lib.pyse_prepare_orphan_kill(parent_pid, float(seconds)))
+    _check(lib.pyse_prepare_orphan_kill(parent_pid, seconds_to_ns(seconds)))

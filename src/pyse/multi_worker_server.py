@@ -9,11 +9,13 @@ reloads.
 from __future__ import annotations
 
 import enum
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pyse import restart_policy
+from pyse.restart_policy import SlotHistory, StartTiming
 from pyse.server import Server
 
 
@@ -51,11 +53,8 @@ class WorkerSlot:
     state: SlotState = SlotState.WAITING
     worker: Any = None          # the Worker object of the current run
     handle: Any = None          # the subclass's handle: a pid, a thread
-    started_at: Optional[float] = None
-    died_at: Optional[float] = None
-    failures: int = 0
+    history: SlotHistory = field(default_factory=SlotHistory)
     spacing_draw: float = field(default_factory=random.random)
-    restarts: int = 0
 
     def transition(self, event: str) -> None:
         try:
@@ -72,17 +71,39 @@ class WorkerSlot:
         return self.state in (SlotState.RUNNING, SlotState.STOPPING)
 
 
+def judge_worker_exit(server: Server, worker_id: int, history: SlotHistory, timing: StartTiming,
+                      description: str, exit_code: Optional[int], stop_requested: bool,
+                      restart_wanted: bool, now: float) -> Optional[float]:
+    """What every server with worker slots does when a worker ends: logs it
+    (an unexpected end at warning), counts it in the slot's history, and
+    returns the backoff before the slot may start again, or None when the
+    exit code is one of ``unrecoverable_exit_codes`` (then the server's
+    exit status is that code, and the slot is not restarted)."""
+    server.logger.log(logging.INFO if stop_requested else logging.WARNING,
+                      "Worker %d finished%s with %s", worker_id,
+                      "" if stop_requested else " unexpectedly", description)
+    delay = history.record_exit(timing, now, stop_requested)
+    if exit_code is not None and exit_code in server.config["unrecoverable_exit_codes"]:
+        server.stop_status = exit_code
+        server.logger.error("Worker %d exited with unrecoverable code %d: not restarting it",
+                            worker_id, exit_code)
+        return None
+    if restart_wanted and delay > 0:
+        server.logger.warning("Worker %d failed %d times in a row: restarting it in %.3g s",
+                              worker_id, history.failures, delay)
+    return delay
+
+
 class MultiWorkerServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.slots: list[WorkerSlot] = []
         self.last_start: Optional[float] = None
-        self._timing = restart_policy.StartTiming()
         super().__init__(*args, **kwargs)
-        self._timing = restart_policy.StartTiming.from_config(self.config)
+        self._timing = StartTiming.from_config(self.config)
 
     @property
     def num_workers(self) -> int:
-        return int(self.config.get("workers", 1))
+        return self.config["workers"]
 
     # -- what subclasses provide ------------------------------------------
     def start_worker(self, slot: WorkerSlot, now: float) -> None:
@@ -113,7 +134,7 @@ class MultiWorkerServer(Server):
     def dump(self) -> None:
         super().dump()
         for status in self.worker_status():
-            self.logger.info("Worker %(worker_id)d: %(state)s, handle %(handle)s, %(restarts)d "
+            self.logger.info("Worker %(worker_id)d: %(state)s, handle %(handle)s, %(starts)d "
                              "starts, %(failures)d failures in a row", status)
         for slot in self.slots:
             if slot.alive:
@@ -123,7 +144,7 @@ class MultiWorkerServer(Server):
         """Asks a worker for its dump; worker types without one do nothing."""
 
     def apply_config(self, config: dict) -> None:
-        self._timing = restart_policy.StartTiming.from_config(config)
+        self._timing = StartTiming.from_config(config)
 
     def stop_workers(self, graceful: bool) -> None:
         now = self.clock()
@@ -131,11 +152,6 @@ class MultiWorkerServer(Server):
             if slot.alive:
                 slot.transition("stop")
                 self.send_stop(slot, graceful, now)
-
-    def clock(self) -> float:
-        from pyse.lowlevel import now
-
-        return now()
 
     # -- the decisions -------------------------------------------------------
     def manage_workers(self, now: float) -> Optional[float]:
@@ -158,7 +174,7 @@ class MultiWorkerServer(Server):
             if slot.state is not SlotState.WAITING:
                 continue
             due = restart_policy.earliest_start(self._timing, self.last_start, slot.spacing_draw,
-                                                slot.died_at, slot.failures)
+                                                slot.history.died_at, slot.history.failures)
             if due <= now:
                 self.launch(slot, now)
             elif next_due is None or due < next_due:
@@ -171,7 +187,6 @@ class MultiWorkerServer(Server):
 
     def launch(self, slot: WorkerSlot, now: float) -> None:
         slot.transition("start")
-        slot.started_at = now
         self.last_start = now
         try:
             self.start_worker(slot, now)
@@ -180,40 +195,26 @@ class MultiWorkerServer(Server):
             # count it as a failure so the backoff applies, and go on.
             self.logger.exception("Worker %d failed to start", slot.worker_id)
             slot.transition("exit_restart")
-            slot.died_at = now
-            slot.failures += 1
+            slot.history.record_failed_start(now)
             return
-        slot.restarts += 1
+        slot.history.record_start(now)
 
     def worker_exited(self, slot: WorkerSlot, description: str, exit_code: Optional[int],
                       now: float) -> None:
         """Records the end of slot's worker: logs it and decides its future."""
         stop_requested = slot.state is SlotState.STOPPING or self._stop
-        self.logger.info("Worker %d finished%s with %s", slot.worker_id,
-                         "" if stop_requested else " unexpectedly", description)
-        lived = now - (slot.started_at if slot.started_at is not None else now)
-        slot.failures = restart_policy.failures_after_exit(
-            slot.failures, lived, self._timing.backoff_reset, stop_requested)
-        slot.died_at = now
+        restart_wanted = not self._stop and slot.worker_id < self.num_workers
         slot.worker = slot.handle = None
-        unrecoverable = self.config.get("unrecoverable_exit_codes") or ()
-        if exit_code is not None and exit_code in unrecoverable:
+        delay = judge_worker_exit(self, slot.worker_id, slot.history, self._timing, description,
+                                  exit_code, stop_requested, restart_wanted, now)
+        if delay is None:
             slot.transition("exit_failed")
-            self.stop_status = exit_code
-            self.logger.error("Worker %d exited with unrecoverable code %d: not restarting it",
-                              slot.worker_id, exit_code)
-            if self.config.get("stop_immediately_at_unrecoverable_exit") and not self._stop:
+            if self.config["stop_immediately_at_unrecoverable_exit"] and not self._stop:
                 self.stop(True)
-            return
-        if self._stop or slot.worker_id >= self.num_workers:
+        elif restart_wanted:
+            slot.transition("exit_restart")
+        else:
             slot.transition("exit_idle")
-            return
-        slot.transition("exit_restart")
-        wait = restart_policy.backoff_delay(slot.failures, self._timing.backoff_base,
-                                            self._timing.backoff_max)
-        if wait > 0:
-            self.logger.warning("Worker %d failed %d times in a row: restarting it in %.3g s",
-                                slot.worker_id, slot.failures, wait)
 
     def alive_or_pending(self) -> int:
         return sum(1 for s in self.slots if s.state in (
@@ -221,5 +222,6 @@ class MultiWorkerServer(Server):
 
     def worker_status(self) -> list[dict]:
         """What each slot is doing, for logs, dumps and tools."""
-        return [{"worker_id": s.worker_id, "state": s.state.value, "failures": s.failures,
-                 "restarts": s.restarts, "handle": s.handle} for s in self.slots]
+        return [{"worker_id": s.worker_id, "state": s.state.value,
+                 "failures": s.history.failures, "starts": s.history.starts,
+                 "handle": s.handle} for s in self.slots]

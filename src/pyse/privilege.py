@@ -50,8 +50,7 @@ def lookup_group(group: Union[int, str]) -> int:
 def identity_from_config(config: dict, prefix: str = "") -> tuple[Id, Id, Optional[int]]:
     """(user, group, umask) from ``<prefix>chuser``, ``<prefix>chgroup`` and
     ``<prefix>chumask``; prefix is "" for the daemon, "worker_" for workers."""
-    return (config.get(prefix + "chuser"), config.get(prefix + "chgroup"),
-            config.get(prefix + "chumask"))
+    return config[prefix + "chuser"], config[prefix + "chgroup"], config[prefix + "chumask"]
 
 
 def change_from_config(config: dict, prefix: str = "") -> None:

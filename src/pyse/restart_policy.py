@@ -1,4 +1,5 @@
-"""When a worker slot may start: pure functions of the configuration and now.
+"""When a worker may start: pure functions of the configuration, a slot's
+history and now.
 
 Two rules decide, and both are ours to test with a fake clock:
 
@@ -13,6 +14,7 @@ Two rules decide, and both are ours to test with a fake clock:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 def start_spacing(delay: float, rand_ratio: float, r: float) -> float:
@@ -42,21 +44,20 @@ def failures_after_exit(failures: int, lived: float, reset: float, stop_requeste
 
 @dataclass(frozen=True)
 class StartTiming:
-    delay: float = 0.0
-    rand_ratio: float = 0.2
-    backoff_base: float = 0.0
-    backoff_max: float = 30.0
-    backoff_reset: float = 60.0
+    delay: float
+    rand_ratio: float
+    backoff_base: float
+    backoff_max: float
+    backoff_reset: float
 
     @classmethod
     def from_config(cls, config: dict) -> "StartTiming":
-        return cls(
-            delay=float(config.get("start_worker_delay", 0.0) or 0.0),
-            rand_ratio=float(config.get("start_worker_delay_rand", 0.2)),
-            backoff_base=float(config.get("restart_backoff_base", 0.0) or 0.0),
-            backoff_max=float(config.get("restart_backoff_max", 30.0)),
-            backoff_reset=float(config.get("restart_backoff_reset", 60.0)),
-        )
+        """From a validated configuration."""
+        return cls(delay=config["start_worker_delay"],
+                   rand_ratio=config["start_worker_delay_rand"],
+                   backoff_base=config["restart_backoff_base"],
+                   backoff_max=config["restart_backoff_max"],
+                   backoff_reset=config["restart_backoff_reset"])
 
 
 def earliest_start(timing: StartTiming, last_start: float | None, r: float,
@@ -71,3 +72,31 @@ def earliest_start(timing: StartTiming, last_start: float | None, r: float,
     if died_at is not None:
         t = max(t, died_at + backoff_delay(failures, timing.backoff_base, timing.backoff_max))
     return t
+
+
+@dataclass
+class SlotHistory:
+    """The life of one worker slot so far: what the backoff needs."""
+
+    started_at: Optional[float] = None
+    died_at: Optional[float] = None
+    failures: int = 0           # unexpected exits in a row
+    starts: int = 0
+
+    def record_start(self, now: float) -> None:
+        self.started_at = now
+        self.starts += 1
+
+    def record_failed_start(self, now: float) -> None:
+        """A start that failed in the parent (before_fork raised, fork
+        failed): a crash like any other."""
+        self.died_at = now
+        self.failures += 1
+
+    def record_exit(self, timing: StartTiming, now: float, stop_requested: bool) -> float:
+        """Counts the exit; returns the backoff before the next start."""
+        lived = now - (self.started_at if self.started_at is not None else now)
+        self.failures = failures_after_exit(self.failures, lived, timing.backoff_reset,
+                                            stop_requested)
+        self.died_at = now
+        return backoff_delay(self.failures, timing.backoff_base, timing.backoff_max)

@@ -8,12 +8,18 @@ User code may override ``reload_config()``, ``stop(stop_graceful)`` and
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Union
 
 from pyse import config as config_mod
-from pyse.parent_link import ParentLink
-from pyse.signals import SERVER_ACTIONS, signal_name
+from pyse import lowlevel
+# Imported at load, not at the first CONT: after chuser the interpreter's
+# own directories may no longer be readable.
+from pyse import sigdump
+from pyse.log_capture import flush_std_streams
+from pyse.process_manager import ParentLink
+from pyse.signals import GRACEFUL_STOP, SERVER_ACTIONS, signal_name
 from pyse.worker import Worker
 
 ConfigSource = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
@@ -31,7 +37,8 @@ class Server:
         self.logger: logging.Logger = log_setup.logger
         self._stop = False
         self.stop_status: Optional[int] = None
-        #: the heartbeat/lifeline toward a supervisor, when there is one
+        #: the ties to a supervisor (heartbeat, lifeline, the loop the
+        #: server process's set-up made), when there is one
         self.parent_link: Optional[ParentLink] = None
         #: called once, after before_run() returned (set by the daemon/supervisor)
         self.when_ready: Optional[Callable[[], None]] = None
@@ -62,16 +69,14 @@ class Server:
 
     def reload(self) -> None:
         self.logger.info("Received reload")
-        if self.config.get("disable_reload"):
+        if self.config["disable_reload"]:
             self.logger.info("disable_reload is set: keeping the running configuration")
         else:
             self.reload_config()
         self.reopen_log()
 
     def dump(self) -> None:
-        if not self.config.get("disable_sigdump"):
-            from pyse import sigdump
-
+        if not self.config["disable_sigdump"]:
             try:
                 path = sigdump.dump()
             except OSError as e:
@@ -98,7 +103,7 @@ class Server:
             self._log_setup.apply_config(new)
         except OSError as e:
             self.logger.error("Reload: cannot open the new log destination, keeping the old one: %s", e)
-            new = dict(new, log=self.config.get("log"))
+            new = dict(new, log=self.config["log"])
         self.config = new
         self.apply_config(new)
 
@@ -120,12 +125,31 @@ class Server:
         return self._worker_class(self, worker_id)
 
     def dispatch_signal(self, signo: int) -> None:
-        """Acts on a signal through ``handle_<action>`` (see pyse.signals)."""
+        """Acts on a signal through ``handle_<action>`` (see pyse.signals).
+
+        The handlers run user code (``stop``, ``restart``, ``reload_config``
+        overrides...): one that raises is logged and the server goes on,
+        whatever its worker type."""
         action = SERVER_ACTIONS.get(signo)  # type: ignore[call-overload]
         if action is None:
             self.logger.debug("Ignoring %s", signal_name(signo))
             return
-        getattr(self, "handle_" + action)()
+        if signo == GRACEFUL_STOP and self.supervisor_died():
+            # PR_SET_PDEATHSIG's TERM: the same news as the lifeline's hangup.
+            self.parent_gone(self.clock())
+            return
+        try:
+            getattr(self, "handle_" + action)()
+        except Exception:
+            self.logger.exception("Handling %s (%s) raised; the server goes on",
+                                  signal_name(signo), action.replace("_", " "))
+
+    def supervisor_died(self) -> bool:
+        link = self.parent_link
+        return link is not None and os.getppid() != link.parent_pid
+
+    def clock(self) -> float:
+        return lowlevel.now()
 
     def handle_graceful_stop(self) -> None:
         self.stop(True)
@@ -159,6 +183,37 @@ class Server:
 
     def run(self) -> None:
         raise NotImplementedError
+
+    # -- logging, for the processes this server forks --------------------------
+    def log_after_fork(self, threads_allowed: bool) -> None:
+        """In a freshly forked child (a worker; a server under a supervisor):
+        its own log lock and fd 1/2 capture."""
+        setup = self._log_setup
+        if hasattr(setup, "after_fork_child"):
+            setup.after_fork_child(threads_allowed=threads_allowed)
+
+    def reload_log_in_worker(self, worker_id: int) -> None:
+        """A worker process's USR2: ``log`` and ``log_level`` from the
+        reloaded source, then the log reopened."""
+        setup = self._log_setup
+        if not hasattr(setup, "reload_in_child"):
+            return
+        try:
+            setup.reload_in_child(self._config_source)
+        except (OSError, ValueError) as e:  # ValueError: pyse.ConfigError
+            self.logger.error("Worker %d: could not reload the log settings: %s", worker_id, e)
+
+    def close_log(self) -> None:
+        """At the end of a process: what Python buffered for fd 1/2 goes
+        out, the capture of fd 1/2 ends (its last lines logged), the log is
+        flushed."""
+        flush_std_streams()
+        close = getattr(self._log_setup, "close", None)
+        if close is not None:
+            try:
+                close()
+            except OSError:
+                pass  # exiting anyway; there is nowhere left to report it
 
     def main(self) -> int:
         """before_run, run, after_run; returns the exit status."""

@@ -1,25 +1,26 @@
 """``supervisor: true``: a supervisor process that forks the server process,
 monitors it as a server monitors a worker (heartbeat pipe, kill escalation
-with the ``server_*`` keys, all in the C loop), restarts it when it dies, and
-forwards signals to it (SPEC sections 3 and 6).
-
-fd ownership, as in :mod:`pyse.process_server`: the supervisor holds the read
-end of each server's heartbeat pipe (owned by the loop) and the write end of
-one lifeline pipe that it never writes to; a server holds its heartbeat
-write end and the lifeline's read end, and closes everything else of ours.
-When the supervisor dies, however, every server sees the lifeline hang up
-and stops gracefully.
+with the ``server_*`` keys, through :mod:`pyse.process_manager`), restarts it
+when it dies, and forwards signals to it.
 
 The server object is built here, in the supervisor, before each fork (as
 ServerEngine does), so ``initialize()`` runs here and ``after_start()`` runs
 here, on the same object, once the server process started.
 
-Live restart (INT with ``enable_detach``): the current server is asked to
-stop gracefully; a new one starts as soon as it has exited, or after
-``server_detach_wait`` while the old one, detached, finishes its work beside
-the new one (its escalation still runs, so it cannot linger past
-``server_graceful_kill_timeout``).  With ``exit_on_detach`` the supervisor
-exits instead of starting a new server.  See docs/supervisor.md.
+The supervisor's life is one state machine (:data:`TRANSITIONS`):
+
+- STARTING: no current server; one starts once ``server_restart_wait`` has
+  passed since the previous start (at once after a live restart);
+- RUNNING: the current server runs; its death sends us back to STARTING;
+- RESTARTING: USR1/HUP with ``restart_server_process``: the current server
+  was asked to stop; its successor starts when it has exited;
+- DETACHING: INT with ``enable_detach`` (a live restart): the current server
+  was asked to stop gracefully; its successor starts when it has exited, or
+  at ``server_detach_wait`` while the old one, detached, finishes its work
+  beside the new one (its escalation still runs, so it cannot linger past
+  ``server_graceful_kill_timeout``).  With ``exit_on_detach`` the supervisor
+  exits instead of starting a successor;
+- STOPPING: every server was asked to stop; EXITED once none is left.
 """
 from __future__ import annotations
 
@@ -33,30 +34,50 @@ from typing import Any, Optional
 import setproctitle
 
 from pyse import lowlevel
-from pyse.lowlevel import Event, EventKind, KillConfig
-from pyse.parent_link import ParentLink
-from pyse.process_server import fork_monitored
+from pyse.lowlevel import Event, EventKind
+from pyse.process_manager import ChildRole, ParentLink, ProcessManager, kill_config
 from pyse.server import Server
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
-                          describe_wait_status, exit_code_of, signal_name)
+                          describe_wait_status, exit_code_of)
 
 EXIT_SERVER_FAILED = 1
 
 
-class Role(enum.Enum):
-    CURRENT = "current"        # the server the supervisor keeps alive
-    DETACHING = "detaching"    # asked to stop at INT; its successor waits for it
-    DETACHED = "detached"      # finishing beside its successor; not restarted
-    RESTARTING = "restarting"  # asked to stop (restart_server_process); replaced on exit
+class SupervisorState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    DETACHING = "detaching"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+S = SupervisorState
+_ALIVE = (S.STARTING, S.RUNNING, S.RESTARTING, S.DETACHING)
+TRANSITIONS: dict[tuple[SupervisorState, str], SupervisorState] = {
+    (S.STARTING, "started"): S.RUNNING,
+    (S.RUNNING, "server_exited"): S.STARTING,
+    (S.RUNNING, "restart_process"): S.RESTARTING,
+    (S.RUNNING, "detach"): S.DETACHING,
+    (S.RESTARTING, "server_exited"): S.STARTING,
+    (S.DETACHING, "server_exited"): S.STARTING,
+    (S.DETACHING, "detach_wait_over"): S.STARTING,
+    (S.DETACHING, "exit_on_detach"): S.EXITED,
+    **{(state, "stop"): S.STOPPING for state in (*_ALIVE, S.STOPPING)},
+    (S.STOPPING, "all_gone"): S.EXITED,
+}
+
+
+class SupervisorTransitionError(RuntimeError):
+    pass
 
 
 @dataclass
 class ServerProcess:
     pid: int
     started_at: float
-    role: Role = Role.CURRENT
+    first: bool                # the very first server of this supervisor
     up: bool = False           # it beat at least once: its before_run() returned
-    first: bool = False        # the very first server of this supervisor
 
 
 class Supervisor(Server):
@@ -67,321 +88,253 @@ class Supervisor(Server):
                  config: dict, log_setup: Any, *, ready: Any = None,
                  private_fds: Optional[list[int]] = None) -> None:
         self.server_class = server_class
-        self.servers: dict[int, ServerProcess] = {}
-        self.loop: Optional[lowlevel.Loop] = None
-        self.kill_config = KillConfig.from_config(config, "server_")
+        self.state = SupervisorState.STARTING
+        #: the server the supervisor keeps alive (None while STARTING)
+        self.current: Optional[ServerProcess] = None
+        #: servers left to finish on their own after a live restart
+        self.detached: dict[int, ServerProcess] = {}
         self.last_start: Optional[float] = None
         self.detach_deadline: Optional[float] = None
-        self.exiting = False
         self.starts = 0
         self._ready = ready
-        self._private_fds = list(private_fds or [])
-        self._lifeline: Optional[tuple[int, int]] = None
         super().__init__(worker_class, config_source, config, log_setup)
+        self.manager = ProcessManager(self.logger)
+        self.manager.private_fds.extend(private_fds or ())
+
+    def transition(self, event: str) -> None:
+        try:
+            self.state = TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise SupervisorTransitionError(
+                f"supervisor: event {event!r} is not allowed in state "
+                f"{self.state.value!r}") from None
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> None:
-        loop = self.loop = lowlevel.Loop(reap_any=True)
+        self.manager.open()
         try:
-            loop.own_signals(SERVER_SIGNALS)
-            loop.watch_python_signals()
-            self._lifeline = os.pipe()
             while True:
                 deadline = self.manage_server(lowlevel.now())
-                if self.finished():
+                if self.state is S.EXITED:
                     break
-                for event in loop.wait(deadline):
+                for event in self.manager.wait(deadline):
                     self.dispatch_event(event)
         finally:
-            loop.close()
-            self.loop = None
-            if self._lifeline is not None:
-                for fd in self._lifeline:
-                    os.close(fd)
-                self._lifeline = None
+            self.manager.close()
             if self._ready is not None:
                 self._ready.close()
 
-    def finished(self) -> bool:
-        if self.exiting:
-            return True
-        return self._stop and not self.servers
-
-    @property
-    def current(self) -> Optional[ServerProcess]:
-        for proc in self.servers.values():
-            if proc.role in (Role.CURRENT, Role.DETACHING, Role.RESTARTING):
-                return proc
-        return None
-
     def manage_server(self, now: float) -> Optional[float]:
-        """Starts the server when one is due; ends a live restart's wait.
-        Returns the next deadline (None: nothing is timed)."""
-        if self._stop or self.exiting:
-            return None
-        proc = self.current
-        if proc is not None and proc.role is Role.DETACHING:
+        """Does what the state calls for at `now`; returns the next deadline
+        (None: nothing is timed)."""
+        if self.state is S.DETACHING:
             assert self.detach_deadline is not None
             if now < self.detach_deadline:
                 return self.detach_deadline
-            self.end_detach_wait(proc, now)
-            if self.exiting:
-                return None
-            proc = None
-        if proc is not None:
+            self.end_detach(now)
+        if self.state is S.STOPPING and self.current is None and not self.detached:
+            self.transition("all_gone")
+        if self.state is not S.STARTING:
             return None
         due = self.next_start(now)
         if due > now:
             return due
         self.start_server(now)
-        return None if self.current is not None else self.next_start(now)
+        return None if self.state is not S.STARTING else self.next_start(now)
 
     def next_start(self, now: float) -> float:
         if self.last_start is None:
             return now
-        return self.last_start + float(self.config.get("server_restart_wait", 1.0))
+        return self.last_start + self.config["server_restart_wait"]
 
     def dispatch_event(self, event: Event) -> None:
         kind = event.kind
         if kind is EventKind.SIGNAL:
             self.dispatch_signal(event.status)
-            return
-        proc = self.servers.get(event.pid)
-        if proc is None:
-            return
-        now = lowlevel.now()
-        if kind is EventKind.EXITED:
-            self.server_exited(proc, event.status, now)
-        elif kind is EventKind.HEARTBEAT and not proc.up:
-            proc.up = True
-            self.logger.debug("Server (pid %d) is up", proc.pid)
-        elif kind is EventKind.HEARTBEAT_TIMEOUT:
-            self.logger.warning("Server (pid %d): no heartbeat for %g s, stopping it "
-                                "immediately", proc.pid, self.kill_config.heartbeat_timeout)
-        elif kind is EventKind.GRACEFUL_TIMEOUT:
-            self.logger.warning("Server (pid %d): still alive %g s after a graceful stop, "
-                                "stopping it immediately", proc.pid,
-                                self.kill_config.graceful_timeout)
-        elif kind is EventKind.KILL:
-            self.logger.debug("Server (pid %d): %s %s%s", proc.pid,
-                              "sending" if event.err else "sent", signal_name(event.status),
-                              f" failed: {os.strerror(event.err)}" if event.err else "")
+        elif kind is EventKind.EXITED:
+            self.server_exited(event.pid, event.status, lowlevel.now())
+        elif kind is EventKind.HEARTBEAT and self.current and self.current.pid == event.pid:
+            self.current.up = True
 
     # -- the server process ------------------------------------------------------
     def start_server(self, now: float) -> None:
-        assert self.loop is not None and self._lifeline is not None
-        is_first = self.starts == 0
         self.starts += 1
         self.last_start = now
-        first = self._ready is not None
+        ready, self._ready = self._ready, None
         try:
             server = self.server_class(self._worker_class, self._config_source, self.config,
                                        self._log_setup)
-            pid = self.fork_server(server)
+            child = self.manager.fork("Server", server_role(self.config),
+                                      lambda link: server_process(server, link, ready),
+                                      kill_config(self.config, "server_"),
+                                      failure_code=EXIT_SERVER_FAILED, now=now)
         except Exception:
             self.logger.exception("Starting the server failed; retrying in %g s",
-                                  float(self.config.get("server_restart_wait", 1.0)))
-            if first:
-                self._ready.failed("starting the server process failed (see the log)")
-                self._ready = None
-                self.stop_status = EXIT_SERVER_FAILED
-                self._stop = True
+                                  self.config["server_restart_wait"])
+            if ready is not None:
+                ready.failed("starting the server process failed (see the log)")
+                self.give_up(EXIT_SERVER_FAILED)
             return
-        self.servers[pid] = ServerProcess(pid, now, first=is_first)
-        if first:
-            self._ready.close()  # the server itself tells the launcher
-            self._ready = None
-        self.logger.info("Server started (pid %d)", pid)
+        if ready is not None:
+            ready.close()  # the server itself tells the launcher
+        self.current = ServerProcess(child.pid, now, first=self.starts == 1)
+        self.transition("started")
+        self.logger.info("Server started (pid %d)", child.pid)
         try:
             server.after_start()
         except Exception:
             self.logger.exception("Server after_start() raised")
 
-    def fork_server(self, server: Server) -> int:
-        assert self.loop is not None and self._lifeline is not None
-        loop, ready, supervisor_pid = self.loop, self._ready, os.getpid()
-        lifeline_r, lifeline_w = self._lifeline
-
-        def child_main(heartbeat_w: int, close_fds: list[int], _blocked: set) -> int:
-            # The loop's signals stay blocked in the server until its own loop
-            # takes them over (which unblocks them).
-            try:
-                loop.abandon_in_child(close_fds)
-                return server_process(server, supervisor_pid, heartbeat_w, lifeline_r, ready)
-            finally:
-                flush_logs(server)
-
-        pid, heartbeat_r = fork_monitored(child_main, [lifeline_w, *self._private_fds],
-                                          EXIT_SERVER_FAILED)
-        loop.add_child(pid, heartbeat_r, self.kill_config)
-        return pid
-
-    def server_exited(self, proc: ServerProcess, status: int, now: float) -> None:
-        del self.servers[proc.pid]
-        asked = self._stop or proc.role is not Role.CURRENT
-        self.logger.info("Server (pid %d) finished%s with %s", proc.pid,
+    def server_exited(self, pid: int, status: int, now: float) -> None:
+        proc = self.current
+        if proc is None or proc.pid != pid:
+            if self.detached.pop(pid, None) is not None:
+                self.logger.info("Server (pid %d) finished with %s (it was detached)", pid,
+                                 describe_wait_status(status))
+            return
+        self.current = None
+        asked = self.state is not S.RUNNING
+        self.logger.info("Server (pid %d) finished%s with %s", pid,
                          "" if asked else " unexpectedly", describe_wait_status(status))
-        if proc.role is Role.DETACHED or self._stop:
+        if self.state is S.STOPPING:
             return
-        if proc.role is Role.DETACHING:
-            self.end_detach_wait(proc, now)
+        if self.state is S.DETACHING:
+            self.end_detach(now)
             return
-        if proc.first and not proc.up:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if self.state is S.RUNNING and proc.first and not proc.up:
             # The first start failed before it was up: restarting would fail
             # the same way (a bad before_run(), a port in use).
             self.logger.error("The first server process exited before it was up; stopping")
-            self.stop_status = exit_code_of(status) or EXIT_SERVER_FAILED
-            self._stop = True
+            self.give_up(exit_code_of(status) or EXIT_SERVER_FAILED)
             return
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        if proc.role is Role.CURRENT and code is not None and \
-                code in (self.config.get("unrecoverable_exit_codes") or ()):
+        if self.state is S.RUNNING and code is not None and \
+                code in self.config["unrecoverable_exit_codes"]:
             self.logger.error("Server exited with unrecoverable code %d: stopping", code)
-            self.stop_status = code
-            self.stop(True)
+            self.give_up(code)
             return
-        wait = max(0.0, self.next_start(now) - now)
-        self.logger.info("Restarting the server in %.3g s", wait)
+        self.transition("server_exited")
+        self.logger.info("Restarting the server in %.3g s",
+                         max(0.0, self.next_start(now) - now))
 
-    # -- signals -----------------------------------------------------------------
-    def stop(self, stop_graceful: bool) -> None:
-        super().stop(stop_graceful)
-        self.detach_deadline = None
-        for proc in list(self.servers.values()):
-            self.stop_server(proc, immediate=not stop_graceful)
+    def give_up(self, status: int) -> None:
+        self.stop_status = status
+        self.stop(True)
 
-    def restart(self, stop_graceful: bool) -> None:
-        super().restart(stop_graceful)   # reloads the configuration, reopens the log
-        proc = self.current
-        if proc is None:
-            return
-        if self.config.get("restart_server_process") and proc.role is Role.CURRENT:
-            self.logger.info("Restarting the server process (pid %d)", proc.pid)
-            proc.role = Role.RESTARTING
-            self.stop_server(proc, immediate=not stop_graceful)
-        else:
-            self.forward(proc, GRACEFUL_RESTART if stop_graceful else IMMEDIATE_RESTART)
-
-    def reload(self) -> None:
-        super().reload()   # honours disable_reload; reopens the log either way
-        proc = self.current
-        if proc is not None:
-            self.forward(proc, RELOAD)
-
-    def dump(self) -> None:
-        super().dump()
-        for proc in self.servers.values():
-            self.logger.info("Server pid %d: %s, %s", proc.pid, proc.role.value,
-                             "up" if proc.up else "starting")
-        proc = self.current
-        if proc is not None:
-            self.forward(proc, DUMP)
-
-    def handle_detach(self) -> None:
-        if not self.config.get("enable_detach", True):
-            self.stop(True)
-            return
-        self.detach()
-
+    # -- live restart --------------------------------------------------------------
     def detach(self) -> None:
         """INT: a live restart (or, with exit_on_detach, a detached exit)."""
         proc = self.current
-        if self._stop or proc is None or proc.role is not Role.CURRENT:
-            self.logger.info("Received detach: no running server to detach; ignored")
+        if self.state is not S.RUNNING or proc is None:
+            self.logger.info("Received detach: no running server to detach (%s); ignored",
+                             self.state.value)
             return
-        wait = float(self.config.get("server_detach_wait", 10.0))
+        wait = self.config["server_detach_wait"]
         self.logger.info("Received detach: stopping server (pid %d) gracefully; %s when it "
                          "exits or in %g s", proc.pid,
-                         "exiting" if self.config.get("exit_on_detach")
+                         "exiting" if self.config["exit_on_detach"]
                          else "a new server starts", wait)
-        proc.role = Role.DETACHING
         now = lowlevel.now()
+        self.transition("detach")
         self.detach_deadline = now + wait
-        self.stop_server(proc, immediate=False, now=now)
+        self.manager.stop(proc.pid, immediate=False, now=now)
 
-    def end_detach_wait(self, proc: ServerProcess, now: float) -> None:
+    def end_detach(self, now: float) -> None:
         """The old server exited, or server_detach_wait passed."""
         self.detach_deadline = None
-        if proc.pid in self.servers:
-            proc.role = Role.DETACHED
+        proc, self.current = self.current, None
+        if proc is not None:
+            self.detached[proc.pid] = proc
             self.logger.info("Server (pid %d) still running after server_detach_wait: it "
                              "finishes on its own", proc.pid)
-        if self.config.get("exit_on_detach"):
+        if self.config["exit_on_detach"]:
             self.logger.info("exit_on_detach: the supervisor exits")
-            self.exiting = True
+            self.transition("exit_on_detach")
             return
+        self.transition("detach_wait_over" if proc is not None else "server_exited")
         # A live restart starts its new server at once: server_restart_wait
         # spaces out crash restarts, not deliberate ones.
         self.last_start = None
 
-    def stop_server(self, proc: ServerProcess, immediate: bool,
-                    now: Optional[float] = None) -> None:
-        if self.loop is not None:
-            try:
-                self.loop.stop_child(proc.pid, immediate=immediate, now=now)
-            except ProcessLookupError:
-                pass  # reaped in this batch; its EXITED event follows
+    # -- signals -----------------------------------------------------------------
+    def stop(self, stop_graceful: bool) -> None:
+        super().stop(stop_graceful)
+        if self.state is S.EXITED:
+            return
+        self.transition("stop")
+        self.detach_deadline = None
+        for proc in [*([self.current] if self.current else []), *self.detached.values()]:
+            self.manager.stop(proc.pid, immediate=not stop_graceful)
 
-    def forward(self, proc: ServerProcess, signo: int) -> None:
-        try:
-            os.kill(proc.pid, signo)
-        except ProcessLookupError:
-            pass  # it just exited; its EXITED event is on the way
+    def restart(self, stop_graceful: bool) -> None:
+        super().restart(stop_graceful)   # reloads the configuration, reopens the log
+        proc = self.current
+        if proc is None or self.state is not S.RUNNING:
+            return
+        if self.config["restart_server_process"]:
+            self.logger.info("Restarting the server process (pid %d)", proc.pid)
+            self.transition("restart_process")
+            self.manager.stop(proc.pid, immediate=not stop_graceful)
+        else:
+            self.manager.send_signal(proc.pid,
+                                     GRACEFUL_RESTART if stop_graceful else IMMEDIATE_RESTART)
+
+    def reload(self) -> None:
+        super().reload()   # honours disable_reload; reopens the log either way
+        if self.current is not None:
+            self.manager.send_signal(self.current.pid, RELOAD)
+
+    def dump(self) -> None:
+        super().dump()
+        self.logger.info("Supervisor: %s", self.state.value)
+        for proc in [*([self.current] if self.current else []), *self.detached.values()]:
+            self.logger.info("Server pid %d: %s, %s", proc.pid,
+                             "detached" if proc.pid in self.detached else "current",
+                             "up" if proc.up else "starting")
+        if self.current is not None:
+            self.manager.send_signal(self.current.pid, DUMP)
+
+    def handle_detach(self) -> None:
+        if not self.config["enable_detach"]:
+            self.stop(True)
+            return
+        self.detach()
 
     def apply_config(self, config: dict) -> None:
         super().apply_config(config)
-        self.kill_config = KillConfig.from_config(config, "server_")
-        if self.loop is not None:
-            for pid in self.servers:
-                try:
-                    self.loop.set_child_config(pid, self.kill_config)
-                except ProcessLookupError:
-                    pass  # reaped in this batch; its EXITED event follows
+        self.manager.set_kill_config(kill_config(config, "server_"))
 
 
-# -- the server process: between os.fork() and os._exit() -------------------------
-def server_process(server: Server, supervisor_pid: int, heartbeat_fd: int, lifeline_fd: int,
-                   ready: Any) -> int:
+# -- the server process: between its set-up and os._exit() ---------------------------
+def server_role(config: dict) -> ChildRole:
+    """How a server process is set up after fork: its loop takes the
+    server's signals and beats to us; a process or spawn server reaps its
+    workers with it."""
+    return ChildRole(signals=SERVER_SIGNALS,
+                     reap_any=config["worker_type"] in ("process", "spawn"),
+                     heartbeat_interval=config["server_heartbeat_interval"])
+
+
+def server_process(server: Server, link: ParentLink, ready: Any) -> int:
     """Runs a forked server under its supervisor; returns the exit status."""
     config = server.config
-    name = config.get("server_process_name")
-    if name:
-        setproctitle.setproctitle(name)
-    log_after_fork(server, config)
-    link = ParentLink(supervisor_pid, heartbeat_fd, lifeline_fd,
-                      float(config.get("server_heartbeat_interval", 1.0)))
-    server.parent_link = link
-
-    def when_ready() -> None:
-        # The first beat tells the supervisor this server is up.
-        if not link.beat_if_due(lowlevel.now()):
-            server.parent_gone(lowlevel.now())
-        if ready is not None:
-            ready.ready()
-
-    server.when_ready = when_ready
     try:
+        name = config["server_process_name"]
+        if name:
+            setproctitle.setproctitle(name)
+        # A server that forks workers must stay single-threaded: no capture
+        # reader thread in it.
+        server.log_after_fork(threads_allowed=config["worker_type"] in ("embedded", "thread"))
+        server.parent_link = link
+        if link.gone_at is not None:
+            server.parent_gone(link.gone_at)
+        if ready is not None:
+            server.when_ready = ready.ready
         return server.main()
     except Exception as e:
         server.logger.exception("The server process failed")
         if ready is not None and ready.fd >= 0:
             ready.failed(f"{type(e).__name__}: {e}")
         return EXIT_SERVER_FAILED
-
-
-def log_after_fork(server: Server, config: dict) -> None:
-    setup = getattr(server, "_log_setup", None)
-    if setup is not None:
-        # A server that forks workers must stay single-threaded: no capture
-        # reader thread in it.
-        setup.after_fork_child(threads_allowed=config.get("worker_type") in ("embedded", "thread"))
-
-
-def flush_logs(server: Server) -> None:
-    setup = getattr(server, "_log_setup", None)
-    close = getattr(setup, "close", None)
-    if close is not None:
-        try:
-            close()
-        except OSError:
-            pass  # exiting anyway; nothing else to tell it to
+    finally:
+        server.close_log()

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from pyse import lowlevel
 from pyse.embedded_server import run_worker
-from pyse.in_process_server import InProcessServer, ServerEvent
+from pyse.in_process_server import InProcessServer, ServerEvent, WorkerThreadExited
 from pyse.multi_worker_server import MultiWorkerServer, WorkerSlot
 from pyse.worker import Worker
 
@@ -43,10 +43,10 @@ class ThreadServer(InProcessServer, MultiWorkerServer):
             self.stop_control()
 
     def handle_event(self, event: ServerEvent) -> None:
-        if event[0] == "exited":
-            _, slot, worker, description, code = event
-            if slot.worker is worker:
-                self.worker_exited(slot, description, code, lowlevel.now())
+        if isinstance(event, WorkerThreadExited):
+            if event.slot.worker is event.worker:
+                self.worker_exited(event.slot, event.description, event.exit_code,
+                                   lowlevel.now())
             return
         super().handle_event(event)
 
@@ -73,7 +73,7 @@ class ThreadServer(InProcessServer, MultiWorkerServer):
         finally:
             # Posted whatever happened (even a BaseException), or the slot
             # would wait for this thread forever.
-            self.post(("exited", slot, worker, description, code))
+            self.post(WorkerThreadExited(slot, worker, description, code))
 
     def send_stop(self, slot: WorkerSlot, graceful: bool, now: float) -> None:
         worker: Optional[Any] = slot.worker

@@ -9,6 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any, TYPE_CHECKING
 
+# Imported at load, not at the first CONT: after chuser the interpreter's
+# own directories may no longer be readable.
+from pyse import sigdump
+
 if TYPE_CHECKING:  # pragma: no cover
     from pyse.server import Server
 
@@ -58,9 +62,7 @@ class Worker:
         pass
 
     def dump(self) -> None:
-        if not self.config.get("disable_sigdump"):
-            from pyse import sigdump
-
+        if not self.config["disable_sigdump"]:
             sigdump.dump()
 
 

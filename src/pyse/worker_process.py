@@ -1,117 +1,84 @@
-"""The worker process: what runs between os.fork() and os._exit().
+"""The worker process: what runs in a forked worker, after its set-up
+(:func:`pyse.process_manager.setup_child`), until ``os._exit()``.
 
-Three threads at most:
+Two threads, three at most:
 
 - the main thread runs the user's ``run()``, as ServerEngine does, so user
   code may install its own signal handlers;
-- the control thread waits in the C loop (without the GIL) for signals,
-  the lifeline's hangup and the next heartbeat, and writes the heartbeats.
-  It needs the GIL to write, so a worker stuck holding the GIL stops beating
+- the control thread waits in the worker's C loop (without the GIL) for
+  signals and the lifeline's hangup.  The loop writes a heartbeat each time
+  the thread enters a wait once ``worker_heartbeat_interval`` has passed;
+  entering needs the GIL, so a worker stuck holding the GIL stops beating
   and the server's heartbeat timeout catches it;
-- the hook thread runs ``stop()``, ``reload()`` and ``dump()`` one at a time,
-  so a slow hook never delays a heartbeat or the orphan deadline.
+- the hook thread, started at the first hook, runs ``stop()``, ``reload()``
+  and ``dump()`` one at a time, so a slow hook never delays a heartbeat or
+  the orphan deadline.
 """
 from __future__ import annotations
 
 import os
 import queue
-import signal
-import sys
 import threading
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
-from pyse import lowlevel, privilege
+# Imported here, in the server, not in each new worker: a worker's start
+# must be quick, and after worker_chuser the venv may not be readable.
+import setproctitle
+
+from pyse import lowlevel
+from pyse.config import format_process_name
 from pyse.lowlevel import EventKind
-from pyse.parent_link import ParentLink
-from pyse.signals import (GRACEFUL_STOP, IMMEDIATE_RESTART, IMMEDIATE_STOP, WORKER_ACTIONS,
-                          WORKER_SIGNALS, signal_name)
+from pyse.process_manager import ORPHAN_KILL_GRACE, ChildRole, ParentLink
+from pyse.signals import WORKER_ACTIONS, WORKER_SIGNALS, signal_name
 
 EXIT_RUN_RAISED = 1
 EXIT_ORPHANED = 1
-#: seconds between the orphan timeout and the C-armed SIGKILL
-ORPHAN_KILL_GRACE = 1.0
 
 
-def main(worker: Any, *, loop: Optional[lowlevel.Loop], server_pid: int, heartbeat_fd: int,
-         lifeline_fd: int, close_fds: Iterable[int], restore_mask: Iterable[int]) -> None:
-    """Runs the worker in a freshly forked child and exits; never returns."""
+def worker_role(config: dict) -> ChildRole:
+    """How a worker process is set up after fork (see setup_child)."""
+    return ChildRole(signals=WORKER_SIGNALS,
+                     heartbeat_interval=config["worker_heartbeat_interval"],
+                     orphan_kill_delay=config["worker_orphan_timeout"] + ORPHAN_KILL_GRACE,
+                     identity=(config, "worker_"))
+
+
+def main(worker: Any, link: ParentLink) -> int:
+    """Runs the worker in its freshly set-up process; returns the exit code."""
     code = EXIT_RUN_RAISED
     try:
-        if loop is not None:
-            loop.abandon_in_child(close_fds)
-        else:
-            lowlevel.child_after_fork(close_fds)
-        interval = float(worker.config.get("worker_heartbeat_interval", 1.0))
-        link = ParentLink(server_pid, heartbeat_fd, lifeline_fd, interval)
-        code = WorkerProcess(worker, link, set(restore_mask)).main()
+        code = WorkerProcess(worker, link).main()
     except BaseException:
-        try:
-            worker.logger.exception("Worker %d failed", worker.worker_id)
-        except BaseException:
-            pass
+        worker.logger.exception("Worker %d failed", worker.worker_id)
     finally:
-        flush_everything(worker)
-        os._exit(code)
-
-
-def flush_everything(worker: Any) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    close = getattr(getattr(worker.server, "_log_setup", None), "close", None)
-    if close is not None:
-        try:
-            close()
-        except OSError:
-            pass
+        worker.server.close_log()
+    return code
 
 
 class WorkerProcess:
-    def __init__(self, worker: Any, link: ParentLink, restore_mask: set) -> None:
+    def __init__(self, worker: Any, link: ParentLink) -> None:
+        assert link.loop is not None, "a worker's set-up makes its loop"
         self.worker = worker
         self.logger = worker.logger
         self.config = worker.config
         self.link = link
-        self.restore_mask = restore_mask
-        self.orphan_timeout = float(self.config.get("worker_orphan_timeout", 10.0))
+        self.loop: lowlevel.Loop = link.loop
+        self.orphan_timeout = float(self.config["worker_orphan_timeout"])
         self.hooks: "queue.SimpleQueue[Optional[Callable[[], None]]]" = queue.SimpleQueue()
-        self.loop: Optional[lowlevel.Loop] = None
+        self.hook_thread: Optional[threading.Thread] = None
+        self.hook_lock = threading.Lock()
+        self.stop_called_for_orphan = False
 
-    # -- setup ---------------------------------------------------------------
+    # -- the main thread -------------------------------------------------------
     def main(self) -> int:
         wid = self.worker.worker_id
-        self.set_process_name()
-        setup = getattr(self.worker.server, "_log_setup", None)
-        if setup is not None and hasattr(setup, "after_fork_child"):
-            setup.after_fork_child()
-        self.drop_privileges()
-        # The server may already be gone (it died between fork and here): then
-        # PR_SET_PDEATHSIG would never fire, and the lifeline says so anyway.
-        parent_gone = lowlevel.set_parent_death_signal(GRACEFUL_STOP, self.link.parent_pid)
-        # The lifeline arms the kill timer only if the control thread is back
-        # in poll; when another thread holds the GIL it never gets there.  The
-        # death signal's C handler arms it without the GIL.
-        lowlevel.prepare_orphan_kill(self.link.parent_pid,
-                                     self.orphan_timeout + ORPHAN_KILL_GRACE)
-
-        loop = self.loop = lowlevel.Loop(reap_any=False)
-        loop.own_signals(WORKER_SIGNALS)
-        # Python exits at the orphan timeout; the C timer is the backstop for
-        # a worker whose Python cannot run any more (a thread holds the GIL).
-        loop.set_lifeline_fd(self.link.lifeline_fd,
-                             orphan_kill_delay=self.orphan_timeout + ORPHAN_KILL_GRACE)
-        # QUIT and HUP kill a worker: that is what "immediate" means.  Make sure
-        # an inherited SIG_IGN (nohup) does not change that.
-        for signo in (IMMEDIATE_STOP, IMMEDIATE_RESTART):
-            signal.signal(signo, signal.SIG_DFL)
-        threading.Thread(target=self.run_hooks, name="pyse-hooks", daemon=True).start()
+        fmt = self.config["worker_process_name"]
+        if fmt:
+            setproctitle.setproctitle(format_process_name(fmt, wid))
+        self.worker.server.log_after_fork(threads_allowed=True)
         threading.Thread(target=self.control, name="pyse-control", daemon=True).start()
-        # Signals sent before now waited, blocked, for the handlers above.
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.restore_mask)
-        if parent_gone:
-            self.parent_gone()
+        if self.link.gone_at is not None:
+            self.parent_gone()  # it died before our PR_SET_PDEATHSIG was set
         try:
             self.worker.run()
         except SystemExit as e:
@@ -123,82 +90,77 @@ class WorkerProcess:
             return EXIT_RUN_RAISED
         return 0
 
-    def set_process_name(self) -> None:
-        fmt = self.config.get("worker_process_name")
-        if fmt:
-            import setproctitle
-
-            from pyse.config import format_process_name
-
-            setproctitle.setproctitle(format_process_name(fmt, self.worker.worker_id))
-
-    def drop_privileges(self) -> None:
-        privilege.change_from_config(self.config, "worker_")
-
-    # -- the control thread --------------------------------------------------
+    # -- the control thread ----------------------------------------------------
     def control(self) -> None:
-        assert self.loop is not None
-        link = self.link
         try:
             while True:
-                deadline = link.next_beat
-                if link.gone_at is not None:
-                    deadline = min(deadline, link.gone_at + self.orphan_timeout)
+                gone_at = self.link.gone_at
+                deadline = None if gone_at is None else gone_at + self.orphan_timeout
                 for event in self.loop.wait(deadline):
                     if event.kind is EventKind.SIGNAL:
-                        self.queue_signal(event.status)
+                        self.on_signal(event.status)
                     elif event.kind is EventKind.PARENT_GONE:
                         self.parent_gone()
-                now = lowlevel.now()
-                if link.gone_at is not None and now >= link.gone_at + self.orphan_timeout:
+                if deadline is not None and lowlevel.now() >= deadline:
                     self.logger.error("Worker %d: run() did not return within %g s of the "
                                       "server's death; exiting", self.worker.worker_id,
                                       self.orphan_timeout)
-                    flush_everything(self.worker)
-                    os._exit(EXIT_ORPHANED)
-                if not link.beat_if_due(now):
-                    self.parent_gone()
+                    self.exit_now(EXIT_ORPHANED)
         except BaseException:
             self.logger.exception("Worker %d: control thread failed; exiting",
                                   self.worker.worker_id)
-            flush_everything(self.worker)
-            os._exit(EXIT_RUN_RAISED)
+            self.exit_now(EXIT_RUN_RAISED)
+
+    def exit_now(self, code: int) -> None:
+        self.worker.server.close_log()
+        os._exit(code)
 
     def parent_gone(self) -> None:
-        if not self.link.mark_gone(lowlevel.now()):
+        """The server died (lifeline hangup, or its death signal): stop()
+        once, and the orphan deadline starts."""
+        self.link.mark_gone(lowlevel.now())
+        if self.stop_called_for_orphan:
             return
+        self.stop_called_for_orphan = True
         self.logger.warning("Worker %d: the server (pid %d) is gone; stopping",
                             self.worker.worker_id, self.link.parent_pid)
-        self.hooks.put(self.worker.stop)
+        self.run_hook(self.worker.stop)
 
-    def queue_signal(self, signo: int) -> None:
+    def on_signal(self, signo: int) -> None:
         action = WORKER_ACTIONS.get(signo)  # type: ignore[call-overload]
         if action is None:
+            return
+        if action == "stop" and os.getppid() != self.link.parent_pid:
+            # PR_SET_PDEATHSIG's TERM: the same news as the lifeline's hangup.
+            self.parent_gone()
             return
         self.logger.debug("Worker %d received %s", self.worker.worker_id, signal_name(signo))
         getattr(self, "handle_" + action)()
 
     def handle_stop(self) -> None:
-        self.hooks.put(self.worker.stop)
+        self.run_hook(self.worker.stop)
 
     def handle_reload(self) -> None:
-        self.hooks.put(self.reload)
+        self.run_hook(self.reload)
 
     def handle_dump(self) -> None:
-        self.hooks.put(self.worker.dump)
+        self.run_hook(self.worker.dump)
 
     def reload(self) -> None:
-        setup = getattr(self.worker.server, "_log_setup", None)
-        if setup is not None:
-            try:
-                # log and log_level from the reloaded source, then reopen
-                setup.reload_in_child(getattr(self.worker.server, "_config_source", None))
-            except (OSError, ValueError) as e:  # ValueError: pyse.ConfigError
-                self.logger.error("Worker %d: could not reload the log settings: %s",
-                                  self.worker.worker_id, e)
+        self.worker.server.reload_log_in_worker(self.worker.worker_id)
         self.worker.reload()
 
-    # -- the hook thread -----------------------------------------------------
+    # -- the hook thread ---------------------------------------------------------
+    def run_hook(self, hook: Callable[[], None]) -> None:
+        """Queues hook for the hook thread, started at the first hook (most
+        workers never need one, and a worker's start should be quick)."""
+        with self.hook_lock:
+            if self.hook_thread is None:
+                self.hook_thread = threading.Thread(target=self.run_hooks, name="pyse-hooks",
+                                                    daemon=True)
+                self.hook_thread.start()
+        self.hooks.put(hook)
+
     def run_hooks(self) -> None:
         while True:
             hook = self.hooks.get()

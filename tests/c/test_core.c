@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdarg.h>
+#include <pthread.h>
 
 static int failures, checks;
 
@@ -24,9 +25,21 @@ static int failures, checks;
         }                                                                    \
     } while (0)
 
+#define SEC(x) ((int64_t)((x) * 1e9))
+
 static const struct pyse_kill_config QUIET = {
-    3600.0, 15.0, 10.0, 600.0, 10.0, 10.0, 600.0, SIGTERM, SIGQUIT,
+    SEC(3600), SEC(15), SEC(10), SEC(600), SEC(10), SEC(10), SEC(600), SIGTERM, SIGQUIT,
 };
+
+static int64_t now_ns(void)
+{
+    int64_t t = 0;
+    if (pyse_clock_now(&t) < 0) {
+        perror("pyse_clock_now");
+        exit(2);
+    }
+    return t;
+}
 
 /* Events of interest collected across waits. */
 struct seen {
@@ -57,7 +70,7 @@ static const struct pyse_event *find_kind(const struct seen *s, int kind, int pi
 static int collect(struct pyse_loop *loop, struct seen *s, int kind, int want,
                    double timeout, int max_events)
 {
-    double deadline = pyse_now() + timeout;
+    int64_t deadline = now_ns() + SEC(timeout);
     struct pyse_event batch[256];
 
     while (count_kind(s, kind, 0) < want) {
@@ -103,7 +116,7 @@ static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_k
     pid = fork_child(loop, fds[0], body, fds[1]);
     close(fds[1]);
     CHECK(pid > 0, "fork");
-    CHECK(pyse_loop_add_child(loop, pid, fds[0], c, pyse_now()) == 0, "add_child %d", pid);
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], 0, c, now_ns()) == 0, "add_child %d", pid);
     return pid;
 }
 
@@ -159,37 +172,56 @@ static void test_monitor(void)
     struct pyse_monitor m;
     int promoted, sig;
 
-    c.graceful_interval = 1.0;
-    c.graceful_increment = 1.0;
-    c.graceful_timeout = 5.0;
-    c.immediate_interval = 1.0;
-    c.immediate_increment = 0.0;
-    c.immediate_timeout = 2.0;
-    pyse_monitor_init(&m, 0.0, 0);
-    CHECK(pyse_monitor_deadline(&m, &c) == PYSE_UNSET, "an idle monitor has no deadline");
-    pyse_monitor_graceful_stop(&m, 0.0);
-    sig = pyse_monitor_tick(&m, &c, 0.0, &promoted);
+    c.graceful_interval = SEC(1);
+    c.graceful_increment = SEC(1);
+    c.graceful_timeout = SEC(5);
+    c.immediate_interval = SEC(1);
+    c.immediate_increment = 0;
+    c.immediate_timeout = SEC(2);
+    pyse_monitor_init(&m, 0, 0);
+    CHECK(pyse_monitor_deadline(&m, &c) == PYSE_NO_TIME, "an idle monitor has no deadline");
+    pyse_monitor_graceful_stop(&m, 0);
+    sig = pyse_monitor_tick(&m, &c, 0, &promoted);
     CHECK(sig == SIGTERM && promoted == PYSE_PROMOTED_NONE, "TERM at once, got %d", sig);
-    CHECK(pyse_monitor_deadline(&m, &c) == 1.0, "next TERM at 1");
-    CHECK(pyse_monitor_tick(&m, &c, 0.5, &promoted) == 0, "nothing at 0.5");
-    CHECK(pyse_monitor_tick(&m, &c, 1.0, &promoted) == SIGTERM, "TERM at 1");
-    CHECK(pyse_monitor_tick(&m, &c, 3.0, &promoted) == SIGTERM, "TERM at 3");
-    sig = pyse_monitor_tick(&m, &c, 5.5, &promoted);
-    CHECK(sig == SIGQUIT && promoted == PYSE_PROMOTED_GRACEFUL, "promoted at 5.5, got %d", sig);
-    CHECK(pyse_monitor_tick(&m, &c, 6.5, &promoted) == SIGQUIT, "QUIT at 6.5");
-    CHECK(pyse_monitor_tick(&m, &c, 7.5, &promoted) == SIGKILL, "KILL at 7.5");
+    CHECK(pyse_monitor_deadline(&m, &c) == SEC(1), "next TERM at 1");
+    CHECK(pyse_monitor_tick(&m, &c, SEC(0.5), &promoted) == 0, "nothing at 0.5");
+    CHECK(pyse_monitor_tick(&m, &c, SEC(1), &promoted) == SIGTERM, "TERM at 1");
+    CHECK(pyse_monitor_tick(&m, &c, SEC(3), &promoted) == SIGTERM, "TERM at 3");
+    CHECK(pyse_monitor_deadline(&m, &c) == SEC(5) + 1, "promotion just after 5 s");
+    CHECK(pyse_monitor_tick(&m, &c, SEC(5), &promoted) == 0, "not yet at exactly 5");
+    sig = pyse_monitor_tick(&m, &c, SEC(5) + 1, &promoted);
+    CHECK(sig == SIGQUIT && promoted == PYSE_PROMOTED_GRACEFUL, "promoted at 5 s + 1 ns, got %d",
+          sig);
+    CHECK(pyse_monitor_tick(&m, &c, SEC(6.5), &promoted) == SIGQUIT, "QUIT at 6.5");
+    CHECK(pyse_monitor_tick(&m, &c, SEC(7.5), &promoted) == SIGKILL, "KILL at 7.5");
     m.gone = 1;
-    CHECK(pyse_monitor_tick(&m, &c, 100.0, &promoted) == 0, "nothing once gone");
-    CHECK(pyse_monitor_deadline(&m, &c) == PYSE_UNSET, "no deadline once gone");
+    CHECK(pyse_monitor_tick(&m, &c, SEC(100), &promoted) == 0, "nothing once gone");
+    CHECK(pyse_monitor_deadline(&m, &c) == PYSE_NO_TIME, "no deadline once gone");
 
-    pyse_monitor_init(&m, 4.0, 1);
-    c.heartbeat_timeout = 0.1;
+    pyse_monitor_init(&m, SEC(4), 1);
+    c.heartbeat_timeout = SEC(0.1);
     {
-        double d = pyse_monitor_deadline(&m, &c);
-        CHECK(pyse_monitor_tick(&m, &c, nextafter(d, 0.0), &promoted) == 0, "nothing before");
+        int64_t d = pyse_monitor_deadline(&m, &c);
+        CHECK(d == SEC(4) + SEC(0.1), "heartbeat deadline");
+        CHECK(pyse_monitor_tick(&m, &c, d - 1, &promoted) == 0, "nothing before");
         CHECK(pyse_monitor_tick(&m, &c, d, &promoted) == SIGQUIT &&
-                  promoted == PYSE_PROMOTED_HEARTBEAT, "heartbeat timeout exactly at %.17g", d);
+                  promoted == PYSE_PROMOTED_HEARTBEAT, "heartbeat timeout exactly at %lld",
+              (long long)d);
     }
+
+    /* Huge configurations saturate instead of wrapping into the past. */
+    c = QUIET;
+    c.graceful_interval = INT64_MAX / 2;
+    c.graceful_increment = INT64_MAX / 2;
+    c.graceful_timeout = -1;
+    pyse_monitor_init(&m, 0, 0);
+    pyse_monitor_graceful_stop(&m, SEC(1));
+    CHECK(pyse_monitor_tick(&m, &c, SEC(1), &promoted) == SIGTERM, "first TERM");
+    CHECK(m.next_kill > SEC(1), "next step in the future");
+    m.kill_count = 5;
+    m.next_kill = SEC(2);
+    CHECK(pyse_monitor_tick(&m, &c, SEC(2), &promoted) == SIGTERM, "a later TERM");
+    CHECK(m.next_kill == INT64_MAX, "saturated, not wrapped: %lld", (long long)m.next_kill);
 }
 
 /* ---- the loop with real processes --------------------------------------------------- */
@@ -203,18 +235,23 @@ static void test_errors(void)
 
     CHECK(loop != NULL && other != NULL, "pyse_loop_new");
     errno = 0;
-    CHECK(pyse_loop_add_child(loop, 0, -1, &QUIET, 0.0) < 0 && errno == EINVAL, "pid 0");
-    CHECK(pyse_loop_add_child(loop, -3, -1, &QUIET, 0.0) < 0 && errno == EINVAL, "pid -3");
-    CHECK(pyse_loop_add_child(loop, 424242, -1, &QUIET, 0.0) == 0, "a pid");
-    CHECK(pyse_loop_add_child(loop, 424242, -1, &QUIET, 0.0) < 0 && errno == EINVAL,
+    CHECK(pyse_loop_add_child(loop, 0, -1, 0, &QUIET, 0) < 0 && errno == EINVAL, "pid 0");
+    CHECK(pyse_loop_add_child(loop, -3, -1, 0, &QUIET, 0) < 0 && errno == EINVAL, "pid -3");
+    CHECK(pyse_loop_add_child(loop, 424242, -1, 0, &QUIET, 0) == 0, "a pid");
+    CHECK(pyse_loop_add_child(loop, 424242, -1, 0, &QUIET, 0) < 0 && errno == EINVAL,
           "duplicate pid");
-    CHECK(strstr(pyse_error_context(), "duplicate") != NULL, "context names it");
-    CHECK(pyse_loop_add_child(loop, 424243, 987654, &QUIET, 0.0) < 0, "a bad heartbeat fd");
-    CHECK(pyse_loop_stop_child(loop, 1, 1, 0.0) < 0 && errno == ESRCH, "stop unknown");
+    CHECK(strstr(pyse_error_context(), "duplicate") != NULL &&
+              strstr(pyse_error_context(), "424242") != NULL, "context names it and the pid");
+    CHECK(pyse_loop_add_child(loop, 424243, 987654, 0, &QUIET, 0) < 0, "a bad heartbeat fd");
+    CHECK(strstr(pyse_error_context(), "987654") != NULL, "context names the fd");
+    CHECK(pyse_loop_watch_fd(loop, -1, PYSE_READABLE) < 0 && errno == EINVAL, "watch fd -1");
+    CHECK(pyse_loop_watch_fd(loop, 0, 8) < 0 && errno == EINVAL, "watch bad events");
+    CHECK(pyse_loop_set_parent_heartbeat(loop, 1, 0) < 0 && errno == EINVAL, "interval 0");
+    CHECK(pyse_loop_stop_child(loop, 1, 1, 0) < 0 && errno == ESRCH, "stop unknown");
     CHECK(pyse_loop_set_child_config(loop, 1, &QUIET) < 0 && errno == ESRCH, "config unknown");
     CHECK(pyse_loop_get_monitor(loop, 1, &m) < 0 && errno == ESRCH, "monitor unknown");
     CHECK(pyse_loop_get_monitor(loop, 424242, &m) == 0 && m.kill_count == 0, "monitor");
-    CHECK(pyse_loop_wait(loop, 0.0, ev, 0) < 0 && errno == EINVAL, "max_events 0");
+    CHECK(pyse_loop_wait(loop, 0, ev, 0) < 0 && errno == EINVAL, "max_events 0");
     CHECK(pyse_loop_child_count(loop) == 1, "one child");
 
     CHECK(pyse_loop_own_signals(loop, sigs, 2) < 0 && errno == EINVAL, "SIGKILL refused");
@@ -276,14 +313,14 @@ static void test_heartbeat_timeout(void)
     pid_t pid;
     const struct pyse_event *e;
 
-    c.heartbeat_timeout = 0.1;
-    c.immediate_interval = 0.02;
-    c.immediate_increment = 0.01;
-    c.immediate_timeout = 0.1;
+    c.heartbeat_timeout = SEC(0.1);
+    c.immediate_interval = SEC(0.02);
+    c.immediate_increment = SEC(0.01);
+    c.immediate_timeout = SEC(0.1);
     CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD only");
     pid = spawn(loop, beat_then_hang, &c);
     CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 3) == 0, "killed in the end");
-    CHECK(count_kind(&s, PYSE_EV_HEARTBEAT, pid) >= 1, "heartbeats seen");
+    CHECK(count_kind(&s, PYSE_EV_HEARTBEAT, pid) == 1, "the first heartbeat only");
     CHECK(count_kind(&s, PYSE_EV_HEARTBEAT_TIMEOUT, pid) == 1, "one timeout");
     CHECK(count_kind(&s, PYSE_EV_KILL, pid) >= 2, "QUITs then KILL");
     e = find_kind(&s, PYSE_EV_EXITED, pid);
@@ -320,7 +357,7 @@ static void test_many_children(void)
             _exit(wait_for_pipe_eof(go[0]));
         }
         close(fds[1]);
-        CHECK(pyse_loop_add_child(loop, pids[i], fds[0], &QUIET, pyse_now()) == 0, "add");
+        CHECK(pyse_loop_add_child(loop, pids[i], fds[0], 0, &QUIET, now_ns()) == 0, "add");
     }
     close(go[0]);
     CHECK(pyse_loop_child_count(loop) == 200, "200 children");
@@ -350,7 +387,7 @@ static void test_fixed_fds_and_reap_any(void)
     }
     CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
     CHECK(pyse_loop_set_wakeup_fd(loop, wake[0]) == 0, "wakeup fd");
-    CHECK(pyse_loop_set_lifeline_fd(loop, life[0]) == 0, "lifeline fd");
+    CHECK(pyse_loop_set_lifeline_fd(loop, life[0], 0) == 0, "lifeline fd");
     CHECK(write(wake[1], "xy", 2) == 2, "write");
     CHECK(collect(loop, &s, PYSE_EV_WAKEUP, 1, 5.0, 8) == 0, "WAKEUP");
     close(life[1]);
@@ -364,10 +401,10 @@ static void test_fixed_fds_and_reap_any(void)
     e = find_kind(&s, PYSE_EV_EXITED, stray);
     CHECK(e && WIFEXITED(e->status) && WEXITSTATUS(e->status) == 5, "its status");
     {
-        double deadline = pyse_now() + 0.02;
+        int64_t deadline = now_ns() + SEC(0.02);
         struct pyse_event ev[4];
         int n = pyse_loop_wait(loop, deadline, ev, 4);
-        CHECK(n == 1 && ev[0].kind == PYSE_EV_TIMER && pyse_now() >= deadline, "TIMER");
+        CHECK(n == 1 && ev[0].kind == PYSE_EV_TIMER && now_ns() >= deadline, "TIMER");
     }
     pyse_loop_free(loop);
     close(wake[0]);
@@ -392,9 +429,8 @@ static void test_orphan_kill_timer(void)
         struct pyse_event ev[4];
         int n;
         close(life[1]);
-        pyse_loop_set_lifeline_fd(loop, life[0]);
-        pyse_loop_set_orphan_kill_delay(loop, 0.05);
-        n = pyse_loop_wait(loop, pyse_now() + 10.0, ev, 4);
+        pyse_loop_set_lifeline_fd(loop, life[0], SEC(0.05));
+        n = pyse_loop_wait(loop, now_ns() + SEC(10), ev, 4);
         if (n != 1 || ev[0].kind != PYSE_EV_PARENT_GONE)
             _exit(3);
         for (;;)
@@ -445,7 +481,7 @@ static void test_free_with_children(void)
 
     a = spawn(loop, sleep_forever, &QUIET);
     b = spawn(loop, sleep_forever, &QUIET);
-    CHECK(pyse_loop_stop_child(loop, a, 0, pyse_now()) == 0, "stop a");
+    CHECK(pyse_loop_stop_child(loop, a, 0, now_ns()) == 0, "stop a");
     CHECK(pyse_loop_set_child_config(loop, b, &QUIET) == 0, "config b");
     pyse_loop_free(loop);
     kill(a, SIGKILL);
@@ -454,10 +490,180 @@ static void test_free_with_children(void)
     waitpid(b, &status, 0);
 }
 
+
+/* A child beating like a pyse worker: a stamp every 20 ms through a loop's
+ * parent heartbeat, for `rounds` waits. */
+static int stamp_beats(int w)
+{
+    struct pyse_loop *own = pyse_loop_new(0);
+    struct pyse_event ev[4];
+    int i;
+
+    if (own == NULL || pyse_loop_set_parent_heartbeat(own, w, SEC(0.02)) < 0)
+        return 3;
+    for (i = 0; i < 25; i++) /* 25 beats over half a second */
+        if (pyse_loop_wait(own, now_ns() + SEC(1), ev, 4) < 0)
+            return 4;
+    pyse_loop_free(own);
+    for (;;)
+        pause(); /* then silent */
+    return 0;
+}
+
+/* Beats are read only at the heartbeat deadline, yet the timeout fires
+ * only after the stamps stop: exactly heartbeat_timeout after the last. */
+static void test_stamped_beats_read_late(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    struct pyse_kill_config c = QUIET;
+    struct seen s = {.n = 0};
+    struct pyse_monitor m;
+    int fds[2];
+    pid_t pid;
+    int64_t started;
+
+    c.heartbeat_timeout = SEC(0.1);
+    c.immediate_interval = SEC(0.02);
+    c.immediate_timeout = SEC(0.05);
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
+    if (pipe(fds) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    started = now_ns();
+    pid = fork_child(loop, fds[0], stamp_beats, fds[1]);
+    close(fds[1]);
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], PYSE_CHILD_STAMPED_BEATS, &c, started) == 0,
+          "add");
+    CHECK(collect(loop, &s, PYSE_EV_HEARTBEAT_TIMEOUT, 1, 10.0, 8) == 0, "a timeout in the end"
+          " (exit status %#x)", find_kind(&s, PYSE_EV_EXITED, pid) ?
+          find_kind(&s, PYSE_EV_EXITED, pid)->status : -1);
+    CHECK(now_ns() - started >= SEC(0.5), "not before the beats stopped (%lld ms)",
+          (long long)((now_ns() - started) / 1000000));
+    CHECK(count_kind(&s, PYSE_EV_HEARTBEAT, pid) == 1, "one HEARTBEAT event: the first beat");
+    CHECK(pyse_loop_get_monitor(loop, pid, &m) == 0 &&
+              now_ns() - m.last_heartbeat >= c.heartbeat_timeout &&
+              m.last_heartbeat - started >= SEC(0.4), "the last stamp was taken from the pipe");
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 8) == 0, "QUIT then KILL");
+    pyse_loop_free(loop);
+}
+
+/* A beat written with any bytes, heartbeat optional: no timeout before the
+ * first beat; the timeout applies after it. */
+static int beat_once_late(int w)
+{
+    usleep(200000);
+    if (write(w, "x", 1) != 1)
+        return 3;
+    for (;;)
+        pause();
+    return 0;
+}
+
+static void test_optional_heartbeat(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    struct pyse_kill_config c = QUIET;
+    struct seen s = {.n = 0};
+    const struct pyse_event *beat, *timeout;
+    int fds[2];
+    pid_t pid;
+    int64_t started;
+
+    c.heartbeat_timeout = SEC(0.05);
+    c.immediate_interval = SEC(0.02);
+    c.immediate_timeout = 0;
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
+    if (pipe(fds) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    started = now_ns();
+    pid = fork_child(loop, fds[0], beat_once_late, fds[1]);
+    close(fds[1]);
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], PYSE_CHILD_HEARTBEAT_OPTIONAL, &c, started) == 0,
+          "add");
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 8) == 0, "killed after its one beat");
+    beat = find_kind(&s, PYSE_EV_HEARTBEAT, pid);
+    timeout = find_kind(&s, PYSE_EV_HEARTBEAT_TIMEOUT, pid);
+    CHECK(beat != NULL && timeout != NULL && beat < timeout, "a beat, then the timeout");
+    CHECK(now_ns() - started >= SEC(0.25), "no timeout during the first 200 ms of silence");
+    pyse_loop_free(loop);
+}
+
+/* Watched fds, and a parent heartbeat that hits a closed pipe. */
+static void test_watched_fds_and_parent_heartbeat(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    struct pyse_event ev[8];
+    int a[2], beat[2], n;
+    int64_t stamp = 0, before;
+
+    if (pipe(a) < 0 || pipe(beat) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    CHECK(pyse_loop_watch_fd(loop, a[0], PYSE_READABLE) == 0, "watch a");
+    CHECK(pyse_loop_watch_fd(loop, a[1], PYSE_WRITABLE) == 0, "watch a's write end");
+    n = pyse_loop_wait(loop, now_ns() + SEC(5), ev, 8);
+    CHECK(n == 1 && ev[0].kind == PYSE_EV_FD_READY && ev[0].pid == a[1] &&
+              ev[0].status == PYSE_WRITABLE, "the write end is writable");
+    CHECK(pyse_loop_watch_fd(loop, a[1], 0) == 0, "unwatch it");
+    CHECK(write(a[1], "z", 1) == 1, "write");
+    n = pyse_loop_wait(loop, now_ns() + SEC(5), ev, 8);
+    CHECK(n == 1 && ev[0].kind == PYSE_EV_FD_READY && ev[0].pid == a[0] &&
+              ev[0].status == PYSE_READABLE, "the read end is readable");
+    CHECK(pyse_loop_watch_fd(loop, a[0], 0) == 0, "unwatch");
+    CHECK(pyse_loop_watch_fd(loop, a[0], 0) == 0, "unwatch twice is fine");
+
+    CHECK(pyse__make_nonblocking_cloexec(beat[1]) == 0, "non-blocking beat fd");
+    CHECK(pyse_loop_set_parent_heartbeat(loop, beat[1], SEC(0.05)) == 0, "heartbeat");
+    before = now_ns();
+    n = pyse_loop_wait(loop, now_ns() + SEC(5), ev, 8);
+    CHECK(n == 0, "a wait returns with no event when the next beat is due (%d)", n);
+    CHECK(now_ns() - before >= SEC(0.05), "after the interval");
+    CHECK(read(beat[0], &stamp, sizeof stamp) == sizeof stamp && stamp >= before &&
+              stamp <= now_ns(), "the first beat is a stamp of the entry");
+    n = pyse_loop_wait(loop, now_ns() + SEC(5), ev, 8);
+    CHECK(n == 0 && read(beat[0], &stamp, sizeof stamp) == sizeof stamp, "a second beat");
+    close(beat[0]); /* the parent dies */
+    n = pyse_loop_wait(loop, now_ns() + SEC(5), ev, 8);
+    CHECK(n == 1 && ev[0].kind == PYSE_EV_PARENT_GONE, "EPIPE is PARENT_GONE (%d)", n);
+    n = pyse_loop_wait(loop, now_ns() + SEC(0.02), ev, 8);
+    CHECK(n == 1 && ev[0].kind == PYSE_EV_TIMER, "reported once, no more beats");
+    pyse_loop_free(loop);
+    close(a[0]);
+    close(a[1]);
+    close(beat[1]);
+}
+
+/* The error context is per thread: a failure in one thread does not rewrite
+ * what another thread reads. */
+static void *fail_in_thread(void *arg)
+{
+    struct pyse_loop *loop = arg;
+    (void)pyse_loop_stop_child(loop, 111, 1, 0);
+    return NULL;
+}
+
+static void test_error_context_per_thread(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    pthread_t thread;
+
+    CHECK(pyse_loop_stop_child(loop, 222, 1, 0) < 0, "fails");
+    CHECK(pthread_create(&thread, NULL, fail_in_thread, loop) == 0, "thread");
+    pthread_join(thread, NULL);
+    CHECK(strstr(pyse_error_context(), "222") != NULL, "still ours: %s", pyse_error_context());
+    pyse_loop_free(loop);
+}
+
 int main(void)
 {
     /* A hung wait must not hang the test run: die with SIGALRM instead. */
     alarm(300);
+    /* As in Python: a write to a closed pipe is EPIPE, not death. */
+    signal(SIGPIPE, SIG_IGN);
     test_monitor();
     test_errors();
     test_exits_kills_and_signals();
@@ -467,6 +673,10 @@ int main(void)
     test_orphan_kill_timer();
     test_child_side();
     test_free_with_children();
+    test_stamped_beats_read_late();
+    test_optional_heartbeat();
+    test_watched_fds_and_parent_heartbeat();
+    test_error_context_per_thread();
     printf("%d checks, %d failed\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -12,7 +12,8 @@ command writes one heartbeat, then goes silent), test_spawn_missing (spawn
 a command that does not exist), test_spawn_cmd (spawn this
 argv instead of the recording child), test_hook_raises (the
 server's reload_config() override raises).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
-gives the server a ParentLink, as a supervisor would.
+gives the server a ParentLink, as a supervisor's set-up of its server
+process would (pyse.process_manager.setup_child).
 """
 import os
 import signal
@@ -20,7 +21,9 @@ import sys
 import threading
 
 import pyse
-from pyse.parent_link import ParentLink
+from pyse import lowlevel
+from pyse.process_manager import ParentLink
+from pyse.signals import SERVER_SIGNALS
 from recorder import RecordingServer, RecordingWorker, load_config, record
 
 
@@ -30,8 +33,11 @@ class HookServer(RecordingServer):
         link = os.environ.get("PYSE_TEST_LINK")
         if link:
             heartbeat_fd, lifeline_fd = map(int, link.split(","))
-            self.parent_link = ParentLink(os.getppid(), heartbeat_fd, lifeline_fd,
-                                          float(self.config.get("server_heartbeat_interval", 1.0)))
+            loop = lowlevel.Loop(reap_any=self.config["worker_type"] in ("process", "spawn"))
+            loop.own_signals(SERVER_SIGNALS)
+            loop.set_lifeline_fd(lifeline_fd)
+            loop.set_parent_heartbeat(heartbeat_fd, self.config["server_heartbeat_interval"])
+            self.parent_link = ParentLink(os.getppid(), heartbeat_fd, lifeline_fd, loop)
 
     def reload_config(self):
         record("reload_config", -1)

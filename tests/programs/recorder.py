@@ -9,12 +9,14 @@ recorded but ignored and QUIT is recorded and survived, so the kill
 escalation runs to its end; or "gil_hog": worker 0 holds the GIL
 forever), test_exit_code (worker 0 exits with it at
 once), test_server ("tcp": bind 127.0.0.1:test_port
-in before_run; workers accept and answer).
+in before_run; workers accept and answer), test_reload_spawns (reload()
+starts `sleep 30` and records "spawned:<its pid>").
 """
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -80,6 +82,9 @@ class RecordingWorker:
 
     def reload(self):
         record("reload", self.worker_id)
+        if self.config.get("test_reload_spawns"):
+            self.child = subprocess.Popen(["sleep", "30"])
+            record(f"spawned:{self.child.pid}", self.worker_id)
 
 
 def load_config():

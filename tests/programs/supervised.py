@@ -14,13 +14,32 @@ going after stop()), test_before_run ("raise": before_run raises; a number:
 sleeps that long first), test_control ("stop", "reload", ...: instead of
 running a daemon, call that Daemon method on the running one and exit),
 test_exit_code (worker 0 exits with it at once).
+
+With PYSE_TEST_NO_IMPORT_AFTER_DROP=1 set, any import of a module not yet
+loaded fails once the process no longer runs as root, in every process of
+the tree: as if the interpreter's files could not be read by the user it
+switched to (a venv in a root-only directory), whatever this machine's
+permissions are.
 """
+import importlib.abc
 import json
 import os
 import sys
 import time
 
 import pyse
+
+
+class NoImportAfterDrop(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if os.geteuid() != 0:
+            raise ImportError(f"import of {name!r} after the privilege drop: the "
+                              f"interpreter's files are unreadable to this user")
+        return None
+
+
+if os.environ.get("PYSE_TEST_NO_IMPORT_AFTER_DROP"):
+    sys.meta_path.insert(0, NoImportAfterDrop())
 
 EVENTS = os.environ["PYSE_TEST_EVENTS"]
 
