@@ -1,6 +1,7 @@
-"""The program of the ServerEngine blog post (2017, "ServerEngine",
-in ../shared/seeds/), ported line by line: a daemon with two process
-workers, a log file, a pid file and process names.
+"""The program of a blog post about ServerEngine's orphaned workers (a
+Sneakers user's: a 2-worker process server whose workers run on forever
+once the server is SIGKILLed), ported line by line: a daemon with two
+process workers, a log file, a pid file and process names.
 
     python examples/blog_post.py          # returns once the daemon is up
     ps x | grep -v grep | grep -E "(se-server|se-worker)"

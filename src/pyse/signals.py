@@ -1,4 +1,4 @@
-"""What each signal means to pyse's processes: the one map (SPEC section 3).
+"""What each signal means to pyse's processes: the one map (ServerEngine's).
 
 A supervisor forwards what it receives to its server, a server to its
 workers; each process acts on the name, looked up as a method
