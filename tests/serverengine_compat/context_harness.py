@@ -72,6 +72,11 @@ class ContextRun(SupervisedRun):
         """How many times key was counted (``test_state(:key)``)."""
         return len(self.of(key))
 
+    def assert_states(self, **expected: int) -> None:
+        """Each key was counted as often as expected (all compared at once,
+        so a failure shows every count)."""
+        assert {key: self.test_state(key) for key in expected} == expected, self.diagnosis()
+
     def wait_state(self, key: str, count: int = 1, timeout: float = 10.0) -> int:
         """Waits until key was counted at least count times; returns the count."""
         return len(self.wait_record(key, count, timeout))

@@ -32,9 +32,7 @@ def graceful_stop_by(se_run, sender):
     assert run.test_state("server_initialize") == 1
     dm.stop(True)
     helpers.wait_pid_exit(pid, 10)
-    assert run.test_state("server_stop_graceful") == 1
-    assert run.test_state("worker_stop") == 1
-    assert run.test_state("server_after_run") == 1
+    run.assert_states(server_stop_graceful=1, worker_stop=1, server_after_run=1)
 
 
 def commands_by(se_run, sender, *, dump):
@@ -60,8 +58,7 @@ def commands_by(se_run, sender, *, dump):
     dm.stop(False)
     helpers.wait_pid_exit(pid, 10)
     # Deliberate: QUIT stops an embedded worker gracefully, for the same reason.
-    assert run.test_state("server_stop_graceful") == 1
-    assert run.test_state("server_stop_immediate") == 0
+    run.assert_states(server_stop_graceful=1, server_stop_immediate=0)
     assert "workers have no immediate stop; stopping gracefully" in run.log()
 
 

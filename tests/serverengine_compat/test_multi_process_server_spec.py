@@ -41,8 +41,7 @@ def test_scale_up(se_run, worker_type):
     assert run.test_state("worker_stop") == 0
 
     stop_server(run)
-    assert run.test_state("worker_run") == 3
-    assert run.test_state("worker_stop") == 3
+    run.assert_states(worker_run=3, worker_stop=3)
 
 
 @pytest.mark.parametrize("worker_type", IMPLEMENTATIONS)
@@ -57,8 +56,7 @@ def test_scale_down(se_run, worker_type):
     assert run.wait_state("worker_stop", 2) == 2
 
     stop_server(run)
-    assert run.test_state("worker_run") == 3
-    assert run.test_state("worker_stop") == 3
+    run.assert_states(worker_run=3, worker_stop=3)
 
 
 @pytest.mark.parametrize("worker_type", IMPLEMENTATIONS)
@@ -71,8 +69,7 @@ def test_raises_system_exit_when_all_workers_exit_with_specified_code_by_unrecov
                           unrecoverable_exit_codes=[3, 4, 5], test_exit_step=0.3)
     run.wait_state("worker_run", 4)
     assert run.exit_status() == 3, run.diagnosis()   # the 4th worker's status
-    assert run.test_state("worker_run") == 4
-    assert run.test_state("worker_stop") == 0
+    run.assert_states(worker_run=4, worker_stop=0)
 
 
 @pytest.mark.parametrize("worker_type", IMPLEMENTATIONS)
@@ -85,5 +82,4 @@ def test_raises_system_exit_immediately_when_a_worker_exits_if_stop_immediately_
                           stop_immediately_at_unrecoverable_exit=True)
     run.wait_state("worker_run", 4)
     assert run.exit_status() == 5, run.diagnosis()   # the 1st worker's status
-    assert run.test_state("worker_stop") == 3
-    assert run.test_state("worker_finished") == 3
+    run.assert_states(worker_stop=3, worker_finished=3)

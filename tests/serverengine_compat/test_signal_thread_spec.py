@@ -81,9 +81,7 @@ def test_stop_in_handler(se_run):
     run.wait_state("worker_run")
     run.signal(signal.SIGUSR2)
     assert run.exit_status() == 0, run.diagnosis()
-    assert run.test_state("server_reload") == 1
-    assert run.test_state("server_stop_graceful") == 1
-    assert run.test_state("worker_stop") == 1
+    run.assert_states(server_reload=1, server_stop_graceful=1, worker_stop=1)
 
 
 def test_should_not_deadlock(se_run):

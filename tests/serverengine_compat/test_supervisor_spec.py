@@ -88,11 +88,8 @@ def test_start_and_graceful_stop(se_run, sender):
     assert run.test_state("server_before_run") == 1
     run.wait_state("server_after_start")   # counted in the supervisor (the parent)
     stopped(run, sv)
-    assert run.test_state("server_stop") == 1
-    assert run.test_state("server_stop_graceful") == 1
-    assert run.test_state("server_restart") == 0
-    assert run.test_state("server_after_run") == 1
-    assert run.test_state("server_after_start") == 1
+    run.assert_states(server_stop=1, server_stop_graceful=1, server_restart=0, server_after_run=1,
+                      server_after_start=1)
 
 
 @pytest.mark.parametrize("sender", SENDERS)
@@ -100,14 +97,11 @@ def test_immediate_stop(se_run, sender):
     """when using #{sender} as command_sender: immediate stop"""
     run, sv = started(se_run, **sender_config(sender))
     stopped(run, sv, graceful=False)
-    assert run.test_state("server_stop") == 1
     # Deliberate: an embedded worker is a thread, which has no immediate stop;
     # the server takes QUIT as a graceful stop and says so (docs/worker-types.md).
-    assert run.test_state("server_stop_graceful") == 1
-    assert run.test_state("server_stop_immediate") == 0
+    run.assert_states(server_stop=1, server_stop_graceful=1, server_stop_immediate=0,
+                      server_after_run=1, server_after_start=1)
     assert "workers have no immediate stop; stopping gracefully" in run.log()
-    assert run.test_state("server_after_run") == 1
-    assert run.test_state("server_after_start") == 1
 
 
 @pytest.mark.parametrize("sender", SENDERS)
@@ -118,11 +112,8 @@ def test_graceful_restart(se_run, sender):
     run.wait_state("server_restart_graceful")
     run.wait_state("worker_run", 2)   # the restarted worker runs before the stop
     stopped(run, sv)
-    assert run.test_state("server_stop") == 1
-    assert run.test_state("server_restart_graceful") == 1
-    assert run.test_state("server_before_run") == 1
-    assert run.test_state("server_after_run") == 1
-    assert run.test_state("server_after_start") == 1
+    run.assert_states(server_stop=1, server_restart_graceful=1, server_before_run=1,
+                      server_after_run=1, server_after_start=1)
 
 
 @pytest.mark.parametrize("sender", SENDERS)
@@ -135,12 +126,8 @@ def test_immediate_restart(se_run, sender):
     run.wait_state("server_restart_graceful")
     run.wait_state("worker_run", 2)
     stopped(run, sv)
-    assert run.test_state("server_stop") == 1
-    assert run.test_state("server_restart") == 1
-    assert run.test_state("server_restart_immediate") == 0
-    assert run.test_state("server_before_run") == 1
-    assert run.test_state("server_after_run") == 1
-    assert run.test_state("server_after_start") == 1
+    run.assert_states(server_stop=1, server_restart=1, server_restart_immediate=0,
+                      server_before_run=1, server_after_run=1, server_after_start=1)
 
 
 @pytest.mark.parametrize("sender", SENDERS)
@@ -150,8 +137,7 @@ def test_reload(se_run, sender):
     sv.reload()
     sv.stop(True)   # at once, as the spec does: the reload must not be lost
     assert run.exit_status() == 0, run.diagnosis()
-    assert run.test_state("server_stop") == 1
-    assert run.test_state("server_reload") == 1
+    run.assert_states(server_stop=1, server_reload=1)
 
 
 @pytest.mark.xfail(strict=True, reason="crash-loop backoff is off by default: a worker whose "
