@@ -92,7 +92,7 @@ def test_exits_with_status_0_when_it_was_stopped_normally(se_run):
                   # The spec stops the daemon as soon as its pid is known; a
                   # slow initialize() keeps that moment before the server's
                   # start however the processes are scheduled.
-                  "test_initialize_delay": 0.5})
+                  "test_initialize_delay": 1.0})
     wait_pid_file(run)
     controller(run.pid_path).stop(True)
     assert run.exit_status() == 0
