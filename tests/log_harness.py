@@ -3,15 +3,43 @@ file) and reads its events and log files."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+
+import pytest
 
 import helpers
+import pyse.logger
+from pyse import log_handlers
 
 PROGRAM = Path(__file__).parent / "programs" / "log_writer.py"
+
+
+@pytest.fixture
+def bare_root_logger(monkeypatch) -> Iterator[logging.Logger]:
+    """A root logger as a program starts with (no handler, WARNING) for
+    LogSetups built in this process, instead of the real one, on which
+    pytest hangs its own capture handlers; loggers made with
+    ``child_logger()`` propagate to it."""
+    root = logging.RootLogger(logging.WARNING)
+    monkeypatch.setattr(pyse.logger, "root_logger", lambda: root)
+    target = log_handlers._target
+    try:
+        yield root
+    finally:
+        log_handlers.set_pyse_target(target)
+
+
+def child_logger(root: logging.Logger, name: str) -> logging.Logger:
+    """A logger whose records propagate to root, as getLogger(name)'s
+    propagate to the real root logger."""
+    logger = logging.Logger(name)
+    logger.parent = root
+    return logger
 
 
 class LogWriterRun:

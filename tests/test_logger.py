@@ -14,9 +14,11 @@ import signal
 import pytest
 
 import pyse
-from log_harness import LogWriterRun
+from log_harness import LogWriterRun, bare_root_logger  # noqa: F401 (a fixture)
 from pyse import config as config_mod
 from pyse.logger import TRACE, LogSetup, RubyFormatter, SharedFileHandler
+
+pytestmark = pytest.mark.usefixtures("bare_root_logger")
 
 LINE = re.compile(r"^(?P<letter>[TDIWEFA]), \[(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) "
                   r"#(?P<pid>\d+)\] (?P<severity>[ A-Z]{5}) -- (?P<prog>[^:]*): (?P<msg>.*)$")
@@ -196,11 +198,11 @@ def test_write_failures_go_to_error_fd_not_to_sys_stderr(tmp_path):
         handler.file.write_lines = disk_full
         setup.logger.info("lost")
         assert select.select([read_end], [], [], 10)[0], "no report on error_fd"
-        assert b"could not write to the log" in os.read(read_end, 4096)
+        assert b"cannot write to the log" in os.read(read_end, 4096)
     finally:
         os.close(read_end)
         os.close(write_end)
-        handler.close()
+        handler.close_destination()
 
 
 # ---- USR2 reload of log_level and log in a running process server ----------

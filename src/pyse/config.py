@@ -219,6 +219,16 @@ def logger_instance(v: Any) -> logging.Logger:
     raise _Bad("a logging.Logger instance")
 
 
+def log_config(v: Any) -> Any:
+    # The dictConfig checks live beside the code that applies them.
+    from pyse.log_config import EXPECTED, check_log_config
+
+    try:
+        return check_log_config(v)
+    except ValueError as e:
+        raise _Bad(f"{EXPECTED}; {e}") from None
+
+
 def signal_spec(v: Any) -> int:
     expected = "a signal name like 'USR2' or 'SIGUSR2', or a signal number"
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
@@ -361,6 +371,11 @@ _KEY_LIST: List[Key] = [
     Key("log_stderr", True, boolean, "Logger", "fd 2 goes into the log"),
     Key("logger_class", None, logger_class, "Logger", "the logging.Logger subclass to build"),
     Key("logger", None, logger_instance, "Logger", "a ready logger; pyse adds no handler to it"),
+    Key("log_format", "serverengine", choice("serverengine", "json"), "Logger",
+        "each line in ServerEngine's shape, or one JSON object per line", reload=True),
+    Key("log_config", None, log_config, "Logger",
+        "your Python logging configuration, applied at start before pyse's own handler; "
+        "its levels win over log_level for the loggers it names"),
     # Other
     Key("disable_sigdump", False, boolean, "Other", "CONT does not write a sigdump file"),
 ]
