@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import pytest
 
@@ -17,6 +18,45 @@ import pyse.logger
 from pyse import log_handlers
 
 PROGRAM = Path(__file__).parent / "programs" / "log_writer.py"
+
+
+#: one line in ServerEngine's shape
+SE_LINE = re.compile(r"^(?P<letter>[TDIWEFA]), \[(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) "
+                     r"#(?P<pid>\d+)\] (?P<severity>[ A-Z]{5}) -- (?P<prog>[^:]*): (?P<msg>.*)$")
+#: Ruby Logger's severity word -> the JSON format's level
+JSON_LEVELS = {"TRACE": "trace", "DEBUG": "debug", "INFO": "info", "WARN": "warning",
+               "ERROR": "error", "FATAL": "critical"}
+
+
+class Entry(NamedTuple):
+    """One record of the log, whatever its format: level as the JSON format
+    names it, logger name ("" for pyse's own and root in ServerEngine's shape)."""
+    level: str
+    pid: int
+    logger: str
+    message: str
+
+
+def entries(text: str, log_format: str = "serverengine") -> tuple[list[Entry], list[str]]:
+    """The records in a log's text, and the lines that are no record
+    (traceback lines, raw writes)."""
+    records, others = [], []
+    for line in text.splitlines():
+        if log_format == "json":
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                others.append(line)
+                continue
+            records.append(Entry(obj["level"], obj["pid"], obj["logger"], obj["message"]))
+            continue
+        match = SE_LINE.match(line)
+        if match is None:
+            others.append(line)
+            continue
+        records.append(Entry(JSON_LEVELS[match["severity"].strip()], int(match["pid"]),
+                             match["prog"], match["msg"]))
+    return records, others
 
 
 @pytest.fixture
