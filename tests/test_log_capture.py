@@ -1,4 +1,4 @@
-"""fd 1 and fd 2 into the log (log_stdout / log_stderr, issue 5): print(),
+"""fd 1 and fd 2 into the log (log_stdout / log_stderr): print(),
 os.write() and child programs of workers land line by line as records; the
 forking server stays single-threaded; a flood of output never blocks."""
 from __future__ import annotations

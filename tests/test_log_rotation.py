@@ -1,4 +1,4 @@
-"""Log rotation across processes (SPEC section 7, issue 5): every process of
+"""Log rotation across processes: every process of
 the tree writes one file, rotation loses and duplicates no line; USR2
 reopens the file in the server and in every worker."""
 from __future__ import annotations

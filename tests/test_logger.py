@@ -1,4 +1,4 @@
-"""The logger (SPEC section 4 Logger keys, section 7; issue 5): ServerEngine's
+"""The logger (the Logger keys and the log file): ServerEngine's
 line shape, the trace level, logger_class / logger, and what USR2 reloads."""
 from __future__ import annotations
 
