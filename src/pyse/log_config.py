@@ -40,7 +40,7 @@ SECTIONS = ("version", "formatters", "filters", "handlers", "loggers", "root", "
 NAMED_SECTIONS = ("formatters", "filters", "handlers", "loggers")
 
 
-def check_log_config(value: Any) -> Union[dict, str]:
+def check_log_config(value: Any) -> Union[dict[str, Any], str]:
     """The value to keep (a dict, or a path), or ValueError saying what is
     wrong with it."""
     if isinstance(value, os.PathLike):
@@ -56,7 +56,7 @@ def check_log_config(value: Any) -> Union[dict, str]:
     raise ValueError(f"got a {type(value).__name__}")
 
 
-def check_dict(config: Mapping, where: str) -> dict:
+def check_dict(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     unknown = [key for key in config if key not in SECTIONS]
     if unknown:
         raise ValueError(f"{where} has unknown section(s) {', '.join(map(repr, unknown))}; "
@@ -73,7 +73,7 @@ def check_dict(config: Mapping, where: str) -> dict:
     return dict(config)
 
 
-def read_dict_file(path: str) -> dict:
+def read_dict_file(path: str) -> dict[str, Any]:
     """The dict a .json, .toml or .yaml file holds; ValueError otherwise."""
     if not path.endswith(DICT_SUFFIXES):
         raise ValueError(f"{path!r} is neither {', '.join(DICT_SUFFIXES)} "
@@ -102,7 +102,7 @@ def parse_dict_file(path: str, raw: bytes) -> Any:
             import tomllib
         except ImportError:   # Python 3.10
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib  # type: ignore[no-redef,import-not-found]
             except ImportError:
                 raise ImportError("TOML needs Python 3.11 or the tomli package") from None
         return tomllib.loads(raw.decode())
@@ -131,7 +131,7 @@ def read_ini(path: str) -> configparser.RawConfigParser:
     return parser
 
 
-def apply_log_config(value: Union[dict, str]) -> bool:
+def apply_log_config(value: Union[dict[str, Any], str]) -> bool:
     """Applies a checked ``log_config``; returns whether it set the root
     logger's level (then ``log_level`` leaves the root logger alone).
     Raises ValueError naming what failed."""

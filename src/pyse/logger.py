@@ -68,7 +68,7 @@ def set_level(logger: logging.Logger, name: Optional[str]) -> None:
         cache.clear()
 
 
-def threads_allowed(config: dict) -> bool:
+def threads_allowed(config: dict[str, Any]) -> bool:
     """Whether the process that starts with this config may run a capture
     thread: not if it forks (process server, spawn server, supervisor),
     because a forking process must stay single-threaded."""
@@ -87,7 +87,7 @@ def root_logger() -> logging.Logger:
 class LogSetup:
     """Builds the logger from a validated configuration."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.handler: Optional[Handler] = None
         self.capture: Union[DirectCapture, PipeCapture, None] = None
@@ -134,7 +134,7 @@ class LogSetup:
             self._link_root_logger()
             self._start_capture()
 
-    def _make_handler(self, config: dict) -> Handler:
+    def _make_handler(self, config: dict[str, Any]) -> Handler:
         dest = config["log"]
         handler: Handler
         if dest is None or dest == "-":
@@ -167,7 +167,7 @@ class LogSetup:
         self.owns_root = True
         self._set_root_level(self.config)
 
-    def _set_root_level(self, config: dict) -> None:
+    def _set_root_level(self, config: dict[str, Any]) -> None:
         if self.owns_root and not self.root_level_from_config:
             root_logger().setLevel(level_of(config["log_level"]))
 
@@ -216,7 +216,7 @@ class LogSetup:
         finally:
             self.reopen()
 
-    def apply_config(self, config: dict) -> None:
+    def apply_config(self, config: dict[str, Any]) -> None:
         """Puts a reloaded ``log``, ``log_level`` and ``log_format`` into
         effect; raises OSError (changing nothing) when the new log cannot be
         opened."""
