@@ -155,14 +155,16 @@ class LogSetup:
         adding ours would write each record twice (theirs to stderr, which
         is captured, and ours)."""
         root = root_logger()
-        theirs = [h for h in root.handlers if not isinstance(h, PyseLogHandler)]
+        # A NullHandler writes nothing: no line could be written twice.
+        theirs = [h for h in root.handlers
+                  if not isinstance(h, (PyseLogHandler, logging.NullHandler))]
         if theirs:
-            if len(theirs) == len(root.handlers):
+            if not any(isinstance(h, PyseLogHandler) for h in root.handlers):
                 self.logger.info("The root logger already has handlers (%s): records of "
                                  "other loggers go to those only, not into this log",
                                  ", ".join(type(h).__name__ for h in theirs))
             return
-        if not root.handlers:
+        if not any(isinstance(h, PyseLogHandler) for h in root.handlers):
             root.addHandler(PyseLogHandler())
         self.owns_root = True
         self._set_root_level(self.config)
