@@ -17,7 +17,7 @@ import helpers
 from log_harness import Entry, entries
 from pyse.log_drops import DropReport
 from pyse.log_file import SharedLogFile
-from pyse.log_handlers import SharedFileHandler
+from pyse.log_handlers import SharedFileHandler, StreamLogHandler
 from pyse.log_format import RubyFormatter
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -149,3 +149,38 @@ def test_a_full_log_is_said_once_counted_then_recovered_and_workers_keep_running
     # not one per lost line.
     assert len(noise) <= 12, noise
     assert Entry("info", run.pid, "", "Worker 0 finished with status 0") in records
+
+
+def test_a_stream_log_says_it_once_and_notes_the_gap_when_it_works_again():
+    class FullThenFree:
+        """stdout redirected to a file on a disk that fills, then frees."""
+        def __init__(self) -> None:
+            self.full = True
+            self.text = ""
+
+        def write(self, text: str) -> None:
+            if self.full:
+                raise FULL
+            self.text += text
+
+    stream = FullThenFree()
+    handler = StreamLogHandler(stream)
+    handler.setFormatter(RubyFormatter())
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    handler.error_fd = write_end
+    logger = logging.Logger("app")
+    logger.addHandler(handler)
+    try:
+        for i in range(100):
+            logger.error("lost %d", i)
+        stream.full = False
+        logger.error("first after")
+        said = os.read(read_end, 65536).decode().splitlines()
+    finally:
+        helpers.close_quietly(read_end, write_end)
+    assert len(said) == 2 and "No space left on device; dropping" in said[0], said
+    assert "works again; 100 lines were lost over" in said[1]
+    lines = stream.text.splitlines()
+    assert len(lines) == 2 and "-- : 100 log lines of this process were lost over" in lines[0]
+    assert lines[1].endswith("-- app: first after")

@@ -297,3 +297,19 @@ def test_with_a_ready_logger_the_root_logger_is_untouched(bare_root_logger):
     setup = LogSetup(config_mod.load({"logger": logging.Logger("mine"), "log_level": "trace"}))
     setup.start()
     assert bare_root_logger.handlers == [] and bare_root_logger.level == logging.WARNING
+
+
+def test_a_log_object_needs_only_write():
+    class Lines:
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.written.append(text)
+
+    dest = Lines()
+    setup = LogSetup(config_mod.load({"log": dest}))
+    setup.start()
+    setup.logger.info("through write() alone")
+    setup.close()
+    assert len(dest.written) == 1 and dest.written[0].endswith("-- : through write() alone\n")

@@ -163,7 +163,7 @@ class StreamLogHandler(ReportingHandler):
             if note is not None:
                 text = self.format(note) + self.terminator + text
             self.stream.write(text)
-            self.stream.flush()
+            self.flush()
         except RecursionError:
             raise
         except Exception as e:
@@ -171,10 +171,16 @@ class StreamLogHandler(ReportingHandler):
             return
         self.report(self.drops.recovered(now))
 
+    def flush(self) -> None:
+        # An object given as `log` needs only write().
+        flush = getattr(self.stream, "flush", None)
+        if flush is not None:
+            flush()
+
     def close_destination(self) -> None:
         self.close()   # the stream is not ours to close
         try:
-            self.stream.flush()
+            self.flush()
         except (OSError, ValueError):
             pass  # a broken or closed stream: nothing left in it to save
 
