@@ -43,13 +43,12 @@ def set_pyse_target(handler: Optional[logging.Handler]) -> None:
 class ReportingHandler(logging.Handler):
     """What both writing handlers share: drop accounting and reports on a raw fd."""
 
-    destination = ""
-    #: where this handler's own failures are reported (see the module's docstring)
-    error_fd = 2
-
-    def init_reporting(self, destination: str) -> None:
+    def __init__(self, destination: str) -> None:
+        super().__init__()
         self.destination = destination
         self.drops = DropReport(destination)
+        #: where this handler's own failures are reported (see the module's docstring)
+        self.error_fd = 2
 
     def report(self, message: Optional[str]) -> None:
         if message is None:
@@ -79,9 +78,8 @@ class SharedFileHandler(ReportingHandler):
     """Writes formatted records into a :class:`SharedLogFile`."""
 
     def __init__(self, log_file: SharedLogFile) -> None:
-        super().__init__()
+        super().__init__(log_file.path)
         self.file = log_file
-        self.init_reporting(log_file.path)
 
     def encode(self, record: logging.LogRecord) -> bytes:
         return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
@@ -89,17 +87,12 @@ class SharedFileHandler(ReportingHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.write_records([record])
 
-    def emit_lines(self, name: str, level: int, lines: list[str],
-                   pid: Optional[int] = None) -> None:
+    def emit_lines(self, name: str, level: int, lines: list[str]) -> None:
         """Captured fd 1/2 output: one record per line, written in one go.
         Not filtered by log_level: it is the program's output, which
-        ServerEngine's raw redirection never filtered either.  pid: the
-        process that wrote them, when not this one."""
-        records = [logging.LogRecord(name, level, "", 0, line, None, None) for line in lines]
-        if pid is not None:
-            for record in records:
-                record.process = pid
-        self.write_records(records)
+        ServerEngine's raw redirection never filtered either."""
+        self.write_records([logging.LogRecord(name, level, "", 0, line, None, None)
+                            for line in lines])
 
     def write_records(self, records: list[logging.LogRecord]) -> None:
         encoded = []
@@ -145,9 +138,8 @@ class StreamLogHandler(ReportingHandler):
     terminator = "\n"
 
     def __init__(self, stream: IO[str]) -> None:
-        super().__init__()
+        super().__init__(str(getattr(stream, "name", None) or repr(stream)))
         self.stream = stream
-        self.init_reporting(str(getattr(stream, "name", None) or repr(stream)))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
