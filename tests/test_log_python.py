@@ -59,15 +59,18 @@ def test_python_logging_of_every_worker_type_lands_with_level_and_name(
 
 
 @pytest.mark.timeout(60)
-def test_under_a_supervisor_every_process_logs_through_python(start_log_run):
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_under_a_supervisor_every_process_logs_through_python(start_log_run, worker_type):
     """The config callable runs in the supervisor, the server and each
-    worker at a reload: its "config loaded" line comes from all of them."""
-    run = start_log_run({"supervisor": True, "worker_type": "process", "workers": 2,
+    process worker at a reload: its "config loaded" line comes from all of
+    them."""
+    run = start_log_run({"supervisor": True, "worker_type": worker_type, "workers": 2,
                          "log_level": "info", "test_python_logging": True})
     done = dict(run.wait_events("done", 2, 30))
     server_pid = run.events("before_run")[0][1]
     assert server_pid != run.pid
-    for pid in (run.pid, server_pid):
+    forking = [run.pid] + ([server_pid] if worker_type == "process" else [])
+    for pid in forking:
         assert len(os.listdir(f"/proc/{pid}/task")) == 1, "forking processes have no thread"
     run.proc.send_signal(signal.SIGUSR2)
     run.wait_events("reload", 2, 10)
