@@ -3,6 +3,7 @@ said once, then a count of dropped lines at most every few seconds, then
 "works again" with the number lost; the workers keep running."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from typing import Callable, Iterator
 
 import pytest
 
@@ -17,7 +19,7 @@ import helpers
 from log_harness import Entry, entries
 from pyse.log_drops import DropReport
 from pyse.log_file import SharedLogFile
-from pyse.log_handlers import SharedFileHandler, StreamLogHandler
+from pyse.log_handlers import ReportingHandler, SharedFileHandler, StreamLogHandler
 from pyse.log_format import RubyFormatter
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -58,24 +60,61 @@ def test_a_forked_child_starts_its_own_count():
 
 # ---- /dev/full: a destination that is not a regular file -----------------------
 
-def test_dev_full_gives_one_line_of_stderr_for_a_thousand_lost_records():
-    handler = SharedFileHandler(SharedLogFile("/dev/full"))
+@contextlib.contextmanager
+def logging_through(handler: ReportingHandler) -> Iterator[tuple[logging.Logger,
+                                                                 Callable[[], list[str]]]]:
+    """A logger writing through handler, and a function giving the lines
+    the handler reported on its error fd so far."""
     handler.setFormatter(RubyFormatter())
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     handler.error_fd = write_end
-    logger = logging.Logger("full")
+    logger = logging.Logger("app")
     logger.addHandler(handler)
     try:
-        for i in range(1000):
-            logger.error("line %d", i)
-        said = os.read(read_end, 65536).decode()
+        yield logger, lambda: os.read(read_end, 65536).decode().splitlines()
+    finally:
+        helpers.close_quietly(read_end, write_end)
+
+
+def test_dev_full_gives_one_line_of_stderr_for_a_thousand_lost_records():
+    handler = SharedFileHandler(SharedLogFile("/dev/full"))
+    try:
+        with logging_through(handler) as (logger, reported):
+            for i in range(1000):
+                logger.error("line %d", i)
+            said = reported()
     finally:
         handler.close_destination()
-        helpers.close_quietly(read_end, write_end)
-    assert said.count("\n") == 1, said
-    assert "cannot write to the log /dev/full: No space left on device" in said
+    assert len(said) == 1, said
+    assert "cannot write to the log /dev/full: No space left on device" in said[0]
     assert handler.drops.total_dropped == 1000
+
+
+def test_a_stream_log_says_it_once_and_notes_the_gap_when_it_works_again():
+    class FullThenFree:
+        """stdout redirected to a file on a disk that fills, then frees."""
+        def __init__(self) -> None:
+            self.full = True
+            self.text = ""
+
+        def write(self, text: str) -> None:
+            if self.full:
+                raise FULL
+            self.text += text
+
+    stream = FullThenFree()
+    with logging_through(StreamLogHandler(stream)) as (logger, reported):
+        for i in range(100):
+            logger.error("lost %d", i)
+        stream.full = False
+        logger.error("first after")
+        said = reported()
+    assert len(said) == 2 and "No space left on device; dropping" in said[0], said
+    assert "works again; 100 lines were lost over" in said[1]
+    lines = stream.text.splitlines()
+    assert len(lines) == 2 and "-- : 100 log lines of this process were lost over" in lines[0]
+    assert lines[1].endswith("-- app: first after")
 
 
 # ---- a line cut by a failing write is ended before the next one ----------------
@@ -150,37 +189,3 @@ def test_a_full_log_is_said_once_counted_then_recovered_and_workers_keep_running
     assert len(noise) <= 12, noise
     assert Entry("info", run.pid, "", "Worker 0 finished with status 0") in records
 
-
-def test_a_stream_log_says_it_once_and_notes_the_gap_when_it_works_again():
-    class FullThenFree:
-        """stdout redirected to a file on a disk that fills, then frees."""
-        def __init__(self) -> None:
-            self.full = True
-            self.text = ""
-
-        def write(self, text: str) -> None:
-            if self.full:
-                raise FULL
-            self.text += text
-
-    stream = FullThenFree()
-    handler = StreamLogHandler(stream)
-    handler.setFormatter(RubyFormatter())
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    handler.error_fd = write_end
-    logger = logging.Logger("app")
-    logger.addHandler(handler)
-    try:
-        for i in range(100):
-            logger.error("lost %d", i)
-        stream.full = False
-        logger.error("first after")
-        said = os.read(read_end, 65536).decode().splitlines()
-    finally:
-        helpers.close_quietly(read_end, write_end)
-    assert len(said) == 2 and "No space left on device; dropping" in said[0], said
-    assert "works again; 100 lines were lost over" in said[1]
-    lines = stream.text.splitlines()
-    assert len(lines) == 2 and "-- : 100 log lines of this process were lost over" in lines[0]
-    assert lines[1].endswith("-- app: first after")
