@@ -3,15 +3,83 @@ file) and reads its events and log files."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, NamedTuple, Optional
+
+import pytest
 
 import helpers
+import pyse.logger
+from pyse import log_handlers
 
 PROGRAM = Path(__file__).parent / "programs" / "log_writer.py"
+
+
+#: one line in ServerEngine's shape
+SE_LINE = re.compile(r"^(?P<letter>[TDIWEFA]), \[(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) "
+                     r"#(?P<pid>\d+)\] (?P<severity>[ A-Z]{5}) -- (?P<prog>[^:]*): (?P<msg>.*)$")
+#: Ruby Logger's severity word -> the JSON format's level
+JSON_LEVELS = {"TRACE": "trace", "DEBUG": "debug", "INFO": "info", "WARN": "warning",
+               "ERROR": "error", "FATAL": "critical"}
+
+
+class Entry(NamedTuple):
+    """One record of the log, whatever its format: level as the JSON format
+    names it, logger name ("" for pyse's own and root in ServerEngine's shape)."""
+    level: str
+    pid: int
+    logger: str
+    message: str
+
+
+def entries(text: str, log_format: str = "serverengine") -> tuple[list[Entry], list[str]]:
+    """The records in a log's text, and the lines that are no record
+    (traceback lines, raw writes)."""
+    records, others = [], []
+    for line in text.splitlines():
+        if log_format == "json":
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                others.append(line)
+                continue
+            records.append(Entry(obj["level"], obj["pid"], obj["logger"], obj["message"]))
+            continue
+        match = SE_LINE.match(line)
+        if match is None:
+            others.append(line)
+            continue
+        records.append(Entry(JSON_LEVELS[match["severity"].strip()], int(match["pid"]),
+                             match["prog"], match["msg"]))
+    return records, others
+
+
+@pytest.fixture
+def bare_root_logger(monkeypatch) -> Iterator[logging.Logger]:
+    """A root logger as a program starts with (no handler, WARNING) for
+    LogSetups built in this process, instead of the real one, on which
+    pytest hangs its own capture handlers; loggers made with
+    ``child_logger()`` propagate to it."""
+    root = logging.RootLogger(logging.WARNING)
+    monkeypatch.setattr(pyse.logger, "root_logger", lambda: root)
+    target = log_handlers._target
+    try:
+        yield root
+    finally:
+        log_handlers.set_pyse_target(target)
+
+
+def child_logger(root: logging.Logger, name: str) -> logging.Logger:
+    """A logger whose records propagate to root, as getLogger(name)'s
+    propagate to the real root logger."""
+    logger = logging.Logger(name)
+    logger.parent = root
+    return logger
 
 
 class LogWriterRun:

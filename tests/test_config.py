@@ -73,6 +73,8 @@ BAD_VALUES: dict[str, tuple[object, str]] = {
     "log_stderr": ("on", "true or false"),
     "logger_class": (dict, "subclass of logging.Logger"),
     "logger": ("root", "logging.Logger instance"),
+    "log_format": ("logfmt", "'serverengine', 'json'"),
+    "log_config": ({"handler": {}}, "unknown section(s) 'handler'"),
     "disable_sigdump": (2, "true or false"),
 }
 

@@ -1,4 +1,4 @@
-"""The logger (SPEC section 4 Logger keys, section 7; issue 5): ServerEngine's
+"""The logger (the Logger keys and the log file): ServerEngine's
 line shape, the trace level, logger_class / logger, and what USR2 reloads."""
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import signal
 import pytest
 
 import pyse
-from log_harness import LogWriterRun
+from log_harness import LogWriterRun, bare_root_logger, child_logger  # noqa: F401 (a fixture)
 from pyse import config as config_mod
 from pyse.logger import TRACE, LogSetup, RubyFormatter, SharedFileHandler
+
+pytestmark = pytest.mark.usefixtures("bare_root_logger")
 
 LINE = re.compile(r"^(?P<letter>[TDIWEFA]), \[(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) "
                   r"#(?P<pid>\d+)\] (?P<severity>[ A-Z]{5}) -- (?P<prog>[^:]*): (?P<msg>.*)$")
@@ -196,11 +198,11 @@ def test_write_failures_go_to_error_fd_not_to_sys_stderr(tmp_path):
         handler.file.write_lines = disk_full
         setup.logger.info("lost")
         assert select.select([read_end], [], [], 10)[0], "no report on error_fd"
-        assert b"could not write to the log" in os.read(read_end, 4096)
+        assert b"cannot write to the log" in os.read(read_end, 4096)
     finally:
         os.close(read_end)
         os.close(write_end)
-        handler.close()
+        handler.close_destination()
 
 
 # ---- USR2 reload of log_level and log in a running process server ----------
@@ -248,3 +250,66 @@ def test_usr2_moves_the_log_and_the_servers_fd1(start_log_run, tmp_path):
     run.wait_log("-- stdout: print at reload of worker 0", 10, path=moved)
     assert run.stop() == 0
     assert "Received graceful stop" in moved.read_text()
+
+
+# ---- the root logger: other loggers into pyse's log --------------------------
+
+def test_other_loggers_reach_the_log_once_with_their_name_and_level(bare_root_logger):
+    stream = io.StringIO()
+    setup = setup_on(stream, log_level="info")
+    child_logger(bare_root_logger, "myapp.worker").info("from my module")
+    child_logger(bare_root_logger, "urllib3").error("from a library")
+    child_logger(bare_root_logger, "myapp.worker").debug("below log_level")
+    setup.logger.info("pyse's own, not through the root logger")
+    got = [(m["severity"], m["prog"], m["msg"]) for m in lines_of(stream)]
+    assert got == [(" INFO", "myapp.worker", "from my module"), ("ERROR", "urllib3", "from a library"),
+                   (" INFO", "", "pyse's own, not through the root logger")]
+    assert bare_root_logger.level == logging.INFO
+    setup.apply_config(config_mod.load({"log": stream, "log_level": "error"}))
+    assert bare_root_logger.level == logging.ERROR, "a reloaded log_level reaches the root logger"
+
+
+def test_a_configured_root_logger_is_left_alone(bare_root_logger):
+    theirs = io.StringIO()
+    bare_root_logger.addHandler(logging.StreamHandler(theirs))
+    bare_root_logger.setLevel(logging.ERROR)
+    stream = io.StringIO()
+    setup = setup_on(stream, log_level="debug")
+    child_logger(bare_root_logger, "myapp").error("theirs only")
+    assert theirs.getvalue() == "theirs only\n"
+    assert [m["msg"] for m in lines_of(stream)] == [
+        "The root logger already has handlers (StreamHandler): records of other loggers go to "
+        "those only, not into this log"]
+    assert len(bare_root_logger.handlers) == 1 and bare_root_logger.level == logging.ERROR
+    setup.apply_config(config_mod.load({"log": stream, "log_level": "trace"}))
+    assert bare_root_logger.level == logging.ERROR
+
+
+def test_a_null_handler_on_the_root_logger_does_not_keep_pyse_out(bare_root_logger):
+    bare_root_logger.addHandler(logging.NullHandler())
+    stream = io.StringIO()
+    setup_on(stream)
+    child_logger(bare_root_logger, "lib").warning("lands")
+    assert [m["msg"] for m in lines_of(stream)] == ["lands"]
+
+
+def test_with_a_ready_logger_the_root_logger_is_untouched(bare_root_logger):
+    setup = LogSetup(config_mod.load({"logger": logging.Logger("mine"), "log_level": "trace"}))
+    setup.start()
+    assert bare_root_logger.handlers == [] and bare_root_logger.level == logging.WARNING
+
+
+def test_a_log_object_needs_only_write():
+    class Lines:
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.written.append(text)
+
+    dest = Lines()
+    setup = LogSetup(config_mod.load({"log": dest}))
+    setup.start()
+    setup.logger.info("through write() alone")
+    setup.close()
+    assert len(dest.written) == 1 and dest.written[0].endswith("-- : through write() alone\n")

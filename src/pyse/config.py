@@ -23,6 +23,9 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, List, Mapping, Optional, Tuple
 
+from pyse.log_config import EXPECTED as LOG_CONFIG_EXPECTED
+from pyse.log_config import check_log_config
+
 __all__ = ["ConfigError", "KEYS", "Key", "validate", "load", "near_misses",
            "restart_only_changes", "reference_markdown", "LOG_LEVELS"]
 
@@ -238,6 +241,15 @@ def logger_instance(v: Any) -> logging.Logger:
     raise _Bad("a logging.Logger instance")
 
 
+@expects(LOG_CONFIG_EXPECTED)
+def log_config(v: Any) -> Any:
+    # The dictConfig checks live beside the code that applies them.
+    try:
+        return check_log_config(v)
+    except ValueError as e:
+        raise _Bad(f"{LOG_CONFIG_EXPECTED}; {e}") from None
+
+
 @expects("a signal name like 'USR2' or 'SIGUSR2', or a signal number")
 def signal_spec(v: Any) -> int:
     expected = "a signal name like 'USR2' or 'SIGUSR2', or a signal number"
@@ -374,6 +386,11 @@ _KEY_LIST: List[Key] = [
     Key("log_stderr", True, boolean, "Logger", "fd 2 goes into the log"),
     Key("logger_class", None, logger_class, "Logger", "the logging.Logger subclass to build"),
     Key("logger", None, logger_instance, "Logger", "a ready logger; pyse adds no handler to it"),
+    Key("log_format", "serverengine", choice("serverengine", "json"), "Logger",
+        "each line in ServerEngine's shape, or one JSON object per line", reload=True),
+    Key("log_config", None, log_config, "Logger",
+        "your Python logging configuration, applied at start before pyse's own handler; "
+        "its levels win over log_level for the loggers it names"),
     # Other
     Key("disable_sigdump", False, boolean, "Other", "CONT does not write a sigdump file"),
 ]

@@ -141,6 +141,8 @@ class Daemon:
             except OSError as e:
                 raise StartupError(f"cannot open the log {self.config['log']!r}: "
                                    f"{e.strerror or e}") from e
+            except config_mod.ConfigError as e:   # log_config could not be applied
+                raise StartupError(str(e)) from e
         except StartupError as e:
             self.finish_pid_file(None)
             if ready is not None:

@@ -3,11 +3,15 @@ the log is a file: sending fd 2 into a log that *is* fd 2 would loop.
 
 Two ways, chosen by whether the process may run threads:
 
-- :class:`DirectCapture`, for a process that forks (the process server, a
-  supervisor), which must stay single-threaded: fd 1/2 are ``dup2``-ed onto
-  the log file's own fd (O_APPEND, so writes land whole at the end), and
-  again whenever the log file reopens (rotation, USR2).  Those bytes arrive
-  raw, without level, time or pid, and are not counted by the rotation lock.
+- :class:`DirectCapture`, for a process that forks (the process and spawn
+  servers, a supervisor), which must stay single-threaded: fd 1/2 are
+  ``dup2``-ed onto the log file's own fd (O_APPEND, so writes land whole at
+  the end), and again whenever the log file reopens (rotation, USR2).
+  ``sys.stdout`` and ``sys.stderr`` become :class:`LineRecordStream`s, so
+  what Python code writes (print, warnings, tracebacks) is logged as
+  records, synchronously.  What is written below Python (``os.write``, C
+  libraries, spawned commands) arrives raw, without level, time or pid, and
+  is not counted by the rotation's size check.
 - :class:`PipeCapture`, for a process that may run threads (a worker, an
   embedded or thread server): fd 1/2 become pipes read by one thread that
   turns each line into a log record (``-- stdout:`` / ``-- stderr:``).  The
@@ -18,18 +22,21 @@ Two ways, chosen by whether the process may run threads:
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import select
 import sys
 import threading
-from typing import Callable, Optional, Sequence
+from typing import Any, AnyStr, Callable, Optional, Sequence
 
 #: a line longer than this is cut into several records
 MAX_LINE = 16384
 READ_SIZE = 65536
 #: fd -> (record name, level) of its captured lines
 STREAMS = {1: ("stdout", logging.INFO), 2: ("stderr", logging.WARNING)}
+#: emit_lines(record name, level, lines): writes captured lines as records
+EmitLines = Callable[[str, int, list[str]], None]
 
 
 def flush_std_streams() -> None:
@@ -65,13 +72,74 @@ def take_originals(fds: Sequence[int], originals: Optional[dict[int, int]]) -> d
     return saved
 
 
-class DirectCapture:
-    """fd 1/2 point at the log file itself; no thread."""
+def cut_long_lines(lines: list[AnyStr]) -> list[AnyStr]:
+    return [line[i:i + MAX_LINE] for line in lines
+            for i in range(0, max(len(line), 1), MAX_LINE)]
 
-    def __init__(self, log_file, fds: Sequence[int]) -> None:
+
+class LineRecordStream(io.TextIOBase):
+    """``sys.stdout`` or ``sys.stderr`` of a process that may not run a
+    capture thread: each whole line written becomes a record, at once, in
+    the writing thread.  Bytes written through ``buffer`` (and by anything
+    below Python) still go to the fd itself."""
+
+    def __init__(self, original: Any, fd: int, emit_lines: EmitLines) -> None:
+        super().__init__()
+        self.original = original
+        self.fd = fd
+        self.emit_lines = emit_lines
+        self.record_name, self.level = STREAMS[fd]
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        *whole, rest = (self.partial + text).split("\n")
+        while len(rest) > MAX_LINE:
+            whole.append(rest[:MAX_LINE])
+            rest = rest[MAX_LINE:]
+        self.partial = rest
+        if whole:
+            self.emit_lines(self.record_name, self.level, cut_long_lines(whole))
+        return len(text)
+
+    def finish(self) -> None:
+        """Logs an unterminated last line."""
+        rest, self.partial = self.partial, ""
+        if rest:
+            self.emit_lines(self.record_name, self.level, [rest])
+
+    def flush(self) -> None:
+        """Whole lines are already written; a partial one waits for its end."""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.original, "encoding", None) or "utf-8"
+
+    @property
+    def buffer(self) -> Any:
+        return self.original.buffer
+
+
+class DirectCapture:
+    """fd 1/2 point at the log file itself, sys.stdout/sys.stderr log
+    records; no thread."""
+
+    def __init__(self, log_file: Any, fds: Sequence[int], emit_lines: EmitLines) -> None:
         self.log_file = log_file
         self.fds = tuple(fds)
+        self.emit_lines = emit_lines
         self.saved: dict[int, int] = {}
+        self.streams: dict[int, LineRecordStream] = {}
 
     def start(self, originals: Optional[dict[int, int]] = None) -> None:
         """originals: fds to restore at stop() instead of copies of the
@@ -81,12 +149,28 @@ class DirectCapture:
         self.redirect(self.log_file.fileno())
         self.log_file.on_reopen = self.redirect
         line_buffer_std_streams()
+        for fd in self.fds:
+            name = "stdout" if fd == 1 else "stderr"
+            original = getattr(sys, name)
+            if original is not None:
+                stream = self.streams[fd] = LineRecordStream(original, fd, self.emit_lines)
+                setattr(sys, name, stream)
 
     def redirect(self, log_fd: int) -> None:
         for fd in self.fds:
             os.dup2(log_fd, fd)
 
+    def put_streams_back(self, finish: bool) -> None:
+        for fd, stream in self.streams.items():
+            name = "stdout" if fd == 1 else "stderr"
+            if finish:
+                stream.finish()
+            if getattr(sys, name) is stream:   # unless someone replaced it since
+                setattr(sys, name, stream.original)
+        self.streams.clear()
+
     def stop(self) -> None:
+        self.put_streams_back(finish=True)
         flush_std_streams()
         if self.log_file.on_reopen == self.redirect:
             self.log_file.on_reopen = None
@@ -96,8 +180,11 @@ class DirectCapture:
         self.saved.clear()
 
     def abandon_in_child(self) -> dict[int, int]:
-        """In a forked child: forget the parent's state, leave fd 1/2 as they
-        are; returns the saved original fds (the caller owns them now)."""
+        """In a forked child: forget the parent's state (its partial lines
+        are the parent's to log), give sys.stdout/sys.stderr back, leave
+        fd 1/2 as they are; returns the saved original fds (the caller owns
+        them now)."""
+        self.put_streams_back(finish=False)
         if self.log_file.on_reopen == self.redirect:
             self.log_file.on_reopen = None
         saved, self.saved = self.saved, {}
@@ -108,8 +195,7 @@ class PipeCapture:
     """fd 1/2 are pipes; a reader thread turns their lines into records given
     to ``emit_lines(name, level, lines)``."""
 
-    def __init__(self, emit_lines: Callable[[str, int, list[str]], None],
-                 fds: Sequence[int]) -> None:
+    def __init__(self, emit_lines: EmitLines, fds: Sequence[int]) -> None:
         self.emit_lines = emit_lines
         self.fds = tuple(fds)
         self.saved: dict[int, int] = {}
@@ -229,8 +315,7 @@ class PipeCapture:
         if final and rest:
             whole.append(rest)
             rest = b""
-        lines = [line[i:i + MAX_LINE] for line in whole
-                 for i in range(0, max(len(line), 1), MAX_LINE)]
+        lines = cut_long_lines(whole)
         while len(rest) > MAX_LINE:
             lines.append(rest[:MAX_LINE])
             rest = rest[MAX_LINE:]

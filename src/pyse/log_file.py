@@ -37,6 +37,15 @@ LOCK_TIMEOUT = 2.0
 _instances: "weakref.WeakSet[SharedLogFile]" = weakref.WeakSet()
 
 
+class LogWriteError(OSError):
+    """A write of a batch of lines that failed (a full disk, a file size
+    limit): ``lines_written`` of the batch's lines are whole in the file."""
+
+    def __init__(self, error: OSError, lines_written: int) -> None:
+        super().__init__(error.errno, error.strerror, error.filename)
+        self.lines_written = lines_written
+
+
 class SharedLogFile:
     """A log file path that rotates at ``rotate_size`` bytes keeping
     ``rotate_age`` old files (``path.0`` is the newest); 0 for either means
@@ -70,6 +79,10 @@ class SharedLogFile:
                         and not self.path.startswith(("/dev/", "/proc/")))
         self._lock_fd = self._open_lock_fd() if self.regular else -1
         self._lock_pid = os.getpid()
+        #: whole lines of the current batch written so far
+        self._lines_done = 0
+        #: a failed write left part of a line at the end of the file
+        self._torn = False
         _instances.add(self)
 
     @property
@@ -89,31 +102,41 @@ class SharedLogFile:
     # -- writing -------------------------------------------------------------
     def write_lines(self, lines: Iterable[bytes]) -> None:
         """Appends each line (newline included) whole, rotating between lines
-        when the next one would take the file past rotate_size."""
+        when the next one would take the file past rotate_size.  Raises
+        LogWriteError (an OSError) when the lines could not all be written."""
         lines = list(lines)
         if not lines:
             return
         with self._mutex:
-            if not self.regular:
-                self._write_all(b"".join(lines))
-                return
-            lock_fd = self._own_lock_fd()
-            if lock_fd < 0:
-                self._append_unlocked(lines, None if self.lock_timeouts else (
-                    f"pyse: no log lock ({self.lock_error}): not rotating {self.path}\n"))
-                return
-            was_stuck = self._lock_stuck
-            if not self._take_lock(lock_fd):
-                why = None if was_stuck else (
-                    f"pyse: the log lock {self.lock_path} was busy for {self.lock_timeout:g} s "
-                    f"(a stuck process holds it?); writing without it until it is free\n")
-                self._append_unlocked(lines, why)
-                return
+            self._lines_done = 0
             try:
-                self._follow_path()
-                self._append_locked(lines)
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+                self._write_batch(lines)
+            except LogWriteError:
+                raise
+            except OSError as e:   # following, rotating or reopening the path failed
+                raise LogWriteError(e, self._lines_done) from e
+
+    def _write_batch(self, lines: list[bytes]) -> None:
+        if not self.regular:
+            self._write_all(b"".join(lines))
+            return
+        lock_fd = self._own_lock_fd()
+        if lock_fd < 0:
+            self._append_unlocked(lines, None if self.lock_timeouts else (
+                f"pyse: no log lock ({self.lock_error}): not rotating {self.path}\n"))
+            return
+        was_stuck = self._lock_stuck
+        if not self._take_lock(lock_fd):
+            why = None if was_stuck else (
+                f"pyse: the log lock {self.lock_path} was busy for {self.lock_timeout:g} s "
+                f"(a stuck process holds it?); writing without it until it is free\n")
+            self._append_unlocked(lines, why)
+            return
+        try:
+            self._follow_path()
+            self._append_locked(lines)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
     def _take_lock(self, lock_fd: int) -> bool:
         """flock with a deadline: False after lock_timeout seconds.
@@ -175,10 +198,28 @@ class SharedLogFile:
         self._write_all(b"".join(chunk))
 
     def _write_all(self, data: bytes) -> None:
+        """Writes data (whole lines) to the end of the file.  A failure
+        raises LogWriteError counting the lines of this batch that made it;
+        a line it cut short is ended by the next write that works, so the
+        next line does not run on from it."""
+        lines = data.count(b"\n")
+        ending = b""
+        if self._torn and os.fstat(self._fd).st_size > 0:
+            ending = b"\n"   # ends the cut line; not one of ours
+        data = ending + data
         view = memoryview(data)
         while view:
-            written = os.write(self._fd, view)
+            try:
+                written = os.write(self._fd, view)
+            except OSError as e:
+                done = data[:len(data) - len(view)]
+                if done:
+                    self._torn = not done.endswith(b"\n")
+                    self._lines_done += done[len(ending):].count(b"\n")
+                raise LogWriteError(e, self._lines_done) from e
             view = view[written:]
+        self._torn = False
+        self._lines_done += lines
 
     def _follow_path(self) -> None:
         """Reopens when the path no longer names our file: another process

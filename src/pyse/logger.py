@@ -1,26 +1,40 @@
-"""The logger every hook sees: a standard :class:`logging.Logger` configured
-from ``log``, ``log_level`` and the ``log_rotate_*`` keys, writing lines in
-ServerEngine's (Ruby Logger's) shape::
+"""The logger every hook sees, and where Python logging lands.
+
+``self.logger`` is a standard :class:`logging.Logger` configured from
+``log``, ``log_level``, ``log_format`` and the ``log_rotate_*`` keys,
+writing lines in ServerEngine's (Ruby Logger's) shape by default::
 
     I, [2026-11-25T10:00:00.123456 #4242]  INFO -- : Worker 0 started
 
-:class:`LogSetup` owns the handler and the fd 1/2 capture: ``start()``,
-``reopen()`` (USR2), ``apply_config()`` (reload of ``log``/``log_level``),
-``after_fork_child()`` and ``close()``.  The file side (one file shared by
-every process, rotation under a lock) is :mod:`pyse.log_file`; the fd 1/2
-side is :mod:`pyse.log_capture`.  docs/logging.md tells the whole story.
+Records of every other logger (``logging.getLogger("myapp")``, a library's)
+reach the same log through a :class:`PyseLogHandler` on the root logger,
+unless the root logger already has handlers of the user's (then those get
+them, and pyse adds nothing, so nothing is written twice).
+
+:class:`LogSetup` owns all of it: ``start()``, ``reopen()`` (USR2),
+``apply_config()`` (reload of ``log``/``log_level``/``log_format``),
+``after_fork_child()`` and ``close()``.  The formats are
+:mod:`pyse.log_format`, the handlers :mod:`pyse.log_handlers`, the user's
+``log_config`` :mod:`pyse.log_config`, the file (one for every process,
+rotation under a lock) :mod:`pyse.log_file`, fd 1/2 :mod:`pyse.log_capture`.
+docs/logging.md tells the whole story.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
-import time
 from typing import Any, Optional, Union
 
 from pyse.log_capture import DirectCapture, PipeCapture
+from pyse.log_config import apply_log_config
 from pyse.log_file import SharedLogFile
+from pyse.log_format import JsonFormatter, RubyFormatter, make_formatter
+from pyse.log_handlers import (PyseLogHandler, SharedFileHandler, StreamLogHandler,
+                               set_pyse_target, std_stream_handler)
+
+__all__ = ["TRACE", "LEVELS", "LogSetup", "PyseLogHandler", "RubyFormatter", "JsonFormatter",
+           "SharedFileHandler", "StreamLogHandler", "level_of", "set_level"]
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -28,9 +42,6 @@ logging.addLevelName(TRACE, "TRACE")
 #: config log_level -> logging level
 LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO,
           "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
-#: logging level name -> Ruby Logger's severity word
-_SEVERITY = {"TRACE": "TRACE", "DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN",
-             "ERROR": "ERROR", "CRITICAL": "FATAL"}
 
 
 def _trace(self: logging.Logger, msg: Any, *args: Any, **kwargs: Any) -> None:
@@ -40,25 +51,6 @@ def _trace(self: logging.Logger, msg: Any, *args: Any, **kwargs: Any) -> None:
 
 if not hasattr(logging.Logger, "trace"):
     logging.Logger.trace = _trace  # type: ignore[attr-defined]
-
-
-class RubyFormatter(logging.Formatter):
-    """``S, [time #pid] SEVERITY -- progname: message``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        severity = _SEVERITY.get(record.levelname, record.levelname)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        micros = int((record.created % 1) * 1_000_000)
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        elif record.exc_text:
-            message += "\n" + record.exc_text
-        if record.stack_info:
-            message += "\n" + self.formatStack(record.stack_info)
-        progname = "" if record.name in ("pyse", "root") else record.name
-        return (f"{severity[0]}, [{stamp}.{micros:06d} #{record.process}] "
-                f"{severity:>5} -- {progname}: {message}")
 
 
 def level_of(name: str) -> int:
@@ -76,120 +68,124 @@ def set_level(logger: logging.Logger, name: Optional[str]) -> None:
         cache.clear()
 
 
-class SharedFileHandler(logging.Handler):
-    """Writes formatted records into a :class:`SharedLogFile`.
-
-    Its own failures are reported on ``error_fd`` (never on sys.stderr,
-    which may be a capture pipe whose reader is waiting for this very
-    handler)."""
-
-    def __init__(self, log_file: SharedLogFile) -> None:
-        super().__init__()
-        self.file = log_file
-        self.error_fd = 2
-
-    def encode(self, record: logging.LogRecord) -> bytes:
-        return (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.file.write_lines([self.encode(record)])
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
-
-    def emit_lines(self, name: str, level: int, lines: list[str]) -> None:
-        """Captured fd 1/2 output: one record per line, written in one go.
-        Not filtered by log_level: it is the program's output, which
-        ServerEngine's raw redirection never filtered either."""
-        records = [logging.LogRecord(name, level, "", 0, line, None, None) for line in lines]
-        try:
-            self.file.write_lines([self.encode(r) for r in records])
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(records[0])
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        error = sys.exc_info()[1]
-        text = f"pyse: could not write to the log {self.file.path}: {error!r}\n"
-        try:
-            os.write(self.error_fd, text.encode("utf-8", "backslashreplace"))
-        except OSError:
-            pass  # nowhere left to report it; the line is lost, the process goes on
-
-    def close(self) -> None:
-        super().close()
-        self.file.close()
-
-
-def threads_allowed(config: dict) -> bool:
+def threads_allowed(config: dict[str, Any]) -> bool:
     """Whether the process that starts with this config may run a capture
     thread: not if it forks (process server, spawn server, supervisor),
     because a forking process must stay single-threaded."""
-    return config.get("worker_type", "embedded") in ("embedded", "thread") \
-        and not config.get("supervisor")
+    return config["worker_type"] in ("embedded", "thread") and not config["supervisor"]
+
+
+Handler = Union[SharedFileHandler, StreamLogHandler]
+
+
+def root_logger() -> logging.Logger:
+    """The root logger (a function, so that tests can give a LogSetup a
+    root of its own)."""
+    return logging.getLogger()
 
 
 class LogSetup:
     """Builds the logger from a validated configuration."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.handler: Optional[logging.Handler] = None
+        self.handler: Optional[Handler] = None
         self.capture: Union[DirectCapture, PipeCapture, None] = None
         self.threads_allowed = threads_allowed(config)
         self._close_lock = threading.Lock()
-        given = config.get("logger")
+        #: pyse put its handler on the root logger, and sets its level
+        #: from log_level (unless log_config set it)
+        self.owns_root = False
+        self.root_level_from_config = False
+        self.started = False
+        given = config["logger"]
         if given is not None:
             self.logger = given
             self.owned = False
             return
         self.owned = True
-        cls = config.get("logger_class") or logging.Logger
+        cls = config["logger_class"] or logging.Logger
         self.logger = cls("pyse")
         self.logger.propagate = False
-        set_level(self.logger, config.get("log_level"))
+        set_level(self.logger, config["log_level"])
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        """Opens the destination (OSError if it cannot) and starts the
-        capture of fd 1/2 when the log is a file."""
-        if self.owned and self.handler is None:
+        """Applies log_config (ConfigError if it fails), opens the
+        destination (OSError if it cannot), links the root logger to it and
+        starts the capture of fd 1/2 when the log is a file."""
+        if self.started:
+            return
+        self.started = True
+        if self.config["log_config"] is not None:
+            from pyse.config import ConfigError
+
+            try:
+                # Before pyse's handler exists: dictConfig closes every
+                # handler there is when it starts.
+                self.root_level_from_config = apply_log_config(self.config["log_config"])
+            except ValueError as e:
+                raise ConfigError(f"config key 'log_config': {e}", "log_config",
+                                  self.config["log_config"]) from e
+        if self.owned:
             self.handler = self._make_handler(self.config)
             self.logger.addHandler(self.handler)
+            set_pyse_target(self.handler)
+            self._link_root_logger()
             self._start_capture()
 
-    def _make_handler(self, config: dict) -> logging.Handler:
-        dest = config.get("log")
-        if dest is None:
-            handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        elif dest == "-":
-            handler = logging.StreamHandler(sys.stdout)
+    def _make_handler(self, config: dict[str, Any]) -> Handler:
+        dest = config["log"]
+        handler: Handler
+        if dest is None or dest == "-":
+            handler = std_stream_handler(to_stdout=dest == "-")
         elif hasattr(dest, "write"):
-            handler = logging.StreamHandler(dest)
+            handler = StreamLogHandler(dest)
         else:
             handler = SharedFileHandler(SharedLogFile(
-                os.fspath(dest), int(config.get("log_rotate_size", 1048576)),
-                int(config.get("log_rotate_age", 5))))
-        handler.setFormatter(RubyFormatter())
+                os.fspath(dest), config["log_rotate_size"], config["log_rotate_age"]))
+        handler.setFormatter(make_formatter(config["log_format"]))
         return handler
+
+    def _link_root_logger(self) -> None:
+        """Records of every other logger into pyse's log: a PyseLogHandler
+        on the root logger, and log_level as its level.  Not when the root
+        logger has handlers already (the program's logging.basicConfig(),
+        log_config's root handlers): that configuration is the user's, and
+        adding ours would write each record twice (theirs to stderr, which
+        is captured, and ours)."""
+        root = root_logger()
+        # A NullHandler writes nothing: no line could be written twice.
+        theirs = [h for h in root.handlers
+                  if not isinstance(h, (PyseLogHandler, logging.NullHandler))]
+        if theirs:
+            if not any(isinstance(h, PyseLogHandler) for h in root.handlers):
+                self.logger.info("The root logger already has handlers (%s): records of "
+                                 "other loggers go to those only, not into this log",
+                                 ", ".join(type(h).__name__ for h in theirs))
+            return
+        if not any(isinstance(h, PyseLogHandler) for h in root.handlers):
+            root.addHandler(PyseLogHandler())
+        self.owns_root = True
+        self._set_root_level(self.config)
+
+    def _set_root_level(self, config: dict[str, Any]) -> None:
+        if self.owns_root and not self.root_level_from_config:
+            root_logger().setLevel(level_of(config["log_level"]))
 
     def _start_capture(self, originals: Optional[dict[int, int]] = None) -> None:
         handler = self.handler
         # Only into a file: capturing fd 2 into a log written to fd 2 loops.
         if not isinstance(handler, SharedFileHandler) or not handler.file.may_capture_std_fds():
             return
-        fds = [fd for fd, key in ((1, "log_stdout"), (2, "log_stderr"))
-               if self.config.get(key, True)]
+        fds = [fd for fd, key in ((1, "log_stdout"), (2, "log_stderr")) if self.config[key]]
         if not fds:
             return
         capture: Union[DirectCapture, PipeCapture]
         if self.threads_allowed:
             capture = PipeCapture(handler.emit_lines, fds)
         else:
-            capture = DirectCapture(handler.file, fds)
+            capture = DirectCapture(handler.file, fds, handler.emit_lines)
         capture.start(originals)
         self.capture = capture
         handler.error_fd = capture.saved.get(2, 2)
@@ -197,7 +193,7 @@ class LogSetup:
     def _stop_capture(self) -> None:
         capture, self.capture = self.capture, None
         if capture is not None:
-            if isinstance(self.handler, SharedFileHandler):
+            if self.handler is not None:
                 self.handler.error_fd = 2
             capture.stop()
 
@@ -208,47 +204,57 @@ class LogSetup:
 
     def reload_in_child(self, config_source: Any) -> None:
         """A worker's USR2.  The server reloaded its configuration, but a
-        worker process never sees that copy, so it reads ``log`` and
-        ``log_level`` from the same source, then reopens.  Raises
-        ConfigError or OSError (its logging unchanged, still reopened)."""
+        worker process never sees that copy, so it reads ``log``,
+        ``log_level`` and ``log_format`` from the same source, then reopens.
+        Raises ConfigError or OSError (its logging unchanged, still
+        reopened)."""
         try:
-            if self.owned and config_source is not None and not self.config.get("disable_reload"):
+            if self.owned and config_source is not None and not self.config["disable_reload"]:
                 from pyse import config as config_mod
 
                 new = config_mod.load(config_source)
-                self.apply_config(dict(self.config, log=new.get("log"),
-                                       log_level=new.get("log_level")))
+                self.apply_config(dict(self.config, log=new["log"], log_level=new["log_level"],
+                                       log_format=new["log_format"]))
         finally:
             self.reopen()
 
-    def apply_config(self, config: dict) -> None:
-        """Puts a reloaded ``log`` and ``log_level`` into effect; raises
-        OSError (changing nothing) when the new log cannot be opened."""
+    def apply_config(self, config: dict[str, Any]) -> None:
+        """Puts a reloaded ``log``, ``log_level`` and ``log_format`` into
+        effect; raises OSError (changing nothing) when the new log cannot be
+        opened."""
         if not self.owned:
             self.config = config
             return
-        if config.get("log") != self.config.get("log") and self.handler is not None:
-            new = self._make_handler(config)
-            old = self.handler
-            self._stop_capture()
-            self.logger.addHandler(new)
-            self.logger.removeHandler(old)
-            self.handler = new
-            old.close()
-            self.config = config
-            self._start_capture()
-        set_level(self.logger, config.get("log_level"))
+        if self.handler is not None:
+            if config["log"] != self.config["log"]:
+                self._switch_handler(self._make_handler(config))
+            elif config["log_format"] != self.config["log_format"]:
+                self.handler.setFormatter(make_formatter(config["log_format"]))
+        set_level(self.logger, config["log_level"])
+        self._set_root_level(config)
         self.config = config
+
+    def _switch_handler(self, new: Handler) -> None:
+        old = self.handler
+        assert old is not None
+        self._stop_capture()
+        self.logger.addHandler(new)
+        self.logger.removeHandler(old)
+        self.handler = new
+        set_pyse_target(new)
+        old.close_destination()
+        self._start_capture()
 
     def after_fork_child(self, threads_allowed: bool = True) -> None:
         """In a freshly forked child (a worker; a server under a supervisor):
-        its own lock fd, and its own capture of fd 1/2 (the parent's reader
-        thread, if any, did not come along)."""
+        its own lock fd, its own drop count, and its own capture of fd 1/2
+        (the parent's reader thread, if any, did not come along)."""
         self.threads_allowed = threads_allowed
         self._close_lock = threading.Lock()
+        if self.handler is not None:
+            self.handler.after_fork_child()
         if isinstance(self.handler, SharedFileHandler):
             self.handler.file.after_fork_child()
-            self.handler.error_fd = 2
         originals: dict[int, int] = {}
         if self.capture is not None:
             # The parent's saved fds are the process's real fd 1/2 (a
