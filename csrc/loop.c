@@ -355,6 +355,10 @@ static int reap_children(struct pyse_loop *loop)
     /* Only our own children: a pid the caller started elsewhere stays its. */
     for (i = 0; i < loop->nchildren;) {
         int child = loop->children[i].pid;
+        if (loop->children[i].flags & PYSE_CHILD_REAPED) {
+            i++; /* reaped when its pipe closed: settle_closed_children reports it */
+            continue;
+        }
         pid = waitpid(child, &status, WNOHANG);
         if (pid < 0 && errno == EINTR)
             continue;
