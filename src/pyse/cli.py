@@ -74,6 +74,14 @@ def import_object(path: str, what: str) -> Any:
     return obj
 
 
+def import_class(path: str, what: str) -> type:
+    cls = import_object(path, what)
+    if not isinstance(cls, type):
+        raise CommandError(f"{what} {path!r}: expected a class, got {type(cls).__name__} "
+                           f"{cls!r:.40}")
+    return cls
+
+
 def describe_exception(error: BaseException) -> str:
     """'Type: message (file, line N)' with the innermost frame: one line."""
     text = f"{type(error).__name__}: {error}"
@@ -95,8 +103,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return print_config(layered)
     if not args.worker:
         raise UsageError("pyse run", "the worker class (package.module:ClassName) is required")
-    worker = import_object(args.worker, "worker")
-    server = import_object(args.server, "server") if args.server else None
+    worker = import_class(args.worker, "worker")
+    server = import_class(args.server, "server") if args.server else None
     try:
         daemon = pyse.create(server, worker, layered)
     except TypeError as e:  # a worker that is not a class, or has no run()
@@ -116,8 +124,8 @@ def app_problems(args: argparse.Namespace, config: dict) -> List[str]:
     if not args.worker:
         return []
     try:
-        worker = import_object(args.worker, "worker")
-        server = import_object(args.server, "server") if args.server else None
+        worker = import_class(args.worker, "worker")
+        server = import_class(args.server, "server") if args.server else None
         pyse.create(server, worker, config)
     except (CommandError, TypeError, config_mod.ConfigError) as e:
         return [str(e)]
@@ -186,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "the reference.")
     parser.add_argument("--version", action="version", version=version_line(),
                         help="print pyse's version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do; 'pyse COMMAND --help' tells more")
     add_run_parser(sub)
     add_control_parsers(sub)
     reference = sub.add_parser("config-reference",
