@@ -144,10 +144,14 @@ def test_errors_are_one_line_without_a_traceback(app_dir, args, fragments):
 def test_a_module_that_raises_at_import_is_named_with_the_line(app_dir):
     write(app_dir, "broken.py", "x = 1\ny = 1 / 0\n")
     write(app_dir, "unparsable.py", "def f(:\n")
+    write(app_dir, "needs.py", "import nosuchdependency_for_pyse\n")
     assert_one_line_error(pyse_command("run", "broken:W", cwd=app_dir),
                           "importing 'broken' failed: ZeroDivisionError", "line 2")
     assert_one_line_error(pyse_command("run", "unparsable:W", cwd=app_dir),
                           "importing 'unparsable' failed: SyntaxError", "line 1")
+    assert_one_line_error(pyse_command("run", "needs:W", cwd=app_dir),
+                          "importing 'needs' failed: ModuleNotFoundError",
+                          "'nosuchdependency_for_pyse'", "needs.py, line 1")
 
 
 def test_several_bad_values_are_reported_together_when_running(app_dir):

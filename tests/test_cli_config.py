@@ -128,6 +128,14 @@ def test_a_python_file_with_all_sets_exactly_those_names_and_may_set_classes(app
     assert "helper_value" not in rows
 
 
+def test_a_python_file_imports_the_projects_own_modules(app_dir):
+    write(app_dir, "base_settings.py", "WORKERS = 6\n")
+    write(app_dir, "s.py", "from base_settings import WORKERS\nworkers = WORKERS\n")
+    rows = printed_config(pyse_command("run", "-c", "s.py", "--print-config", cwd=app_dir))
+    assert rows["workers"][0] == "6"
+    assert "WORKERS" in rows  # a plain value: it counts, as any public name
+
+
 # -- layers and PYSE_CMD_ARGS ------------------------------------------------------------
 
 def test_precedence_defaults_file_environment_flags_set(app_dir):

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyse
 from pyse import config as config_mod
@@ -51,12 +51,10 @@ def import_object(path: str, what: str) -> Any:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise CommandError(f"{what} {path!r}: expected package.module:ClassName")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's own modules
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):
             raise CommandError(f"{what} {path!r}: no module named {e.name!r} "
                                f"(looked in the current directory and sys.path)") from None
         raise CommandError(f"{what} {path!r}: importing {module_name!r} failed: "
@@ -96,6 +94,10 @@ def describe_exception(error: BaseException) -> str:
 # -- pyse run -------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # As `python -m` does: the project's own modules import, from WORKER,
+    # --server and a .py config file alike.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     layered = LayeredConfig.from_options(args, os.environ)
     if args.check_config:
         return check_config(layered, lambda config: app_problems(args, config))
@@ -118,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_SERVER_FAILED
 
 
-def app_problems(args: argparse.Namespace, config: dict) -> List[str]:
+def app_problems(args: argparse.Namespace, config: Dict[str, Any]) -> List[str]:
     """--check-config: the worker and server classes, if given, import and
     fit the configuration."""
     if not args.worker:
@@ -152,7 +154,7 @@ started); --check-config and --print-config: 0 valid, 1 not.
 """
 
 
-def add_run_parser(sub: argparse._SubParsersAction) -> None:
+def add_run_parser(sub: "argparse._SubParsersAction[Any]") -> None:
     run = sub.add_parser("run", help="run a worker class as a server",
                          description="Runs WORKER (a class, as package.module:ClassName) "
                                      "under pyse: a server and its workers,\nin the "
@@ -211,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``pyse`` command; returns its exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        command: Callable[[argparse.Namespace], int] = args.func
+        return command(args)
     except UsageError as e:
         print(f"pyse: {e} (see '{e.prog} --help')", file=sys.stderr)
         return EXIT_USAGE

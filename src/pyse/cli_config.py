@@ -206,7 +206,7 @@ class LayeredConfig:
         problems.extend(value_problems(settings))
         return settings, problems
 
-    def __call__(self) -> dict:
+    def __call__(self) -> Dict[Any, Any]:
         settings, problems = self.collect()
         if problems:
             first = problems[0]
@@ -243,7 +243,7 @@ def unknown_key_notes(settings: Mapping[Any, Setting]) -> List[str]:
     return notes
 
 
-def check_config(layered: LayeredConfig, app_problems: Callable[[dict], List[str]],
+def check_config(layered: LayeredConfig, app_problems: Callable[[Dict[str, Any]], List[str]],
                  out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """--check-config: every problem on err, 0 if there is none, else 1."""
     settings, problems = layered.collect()

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, TextIO
 
 from pyse import pidfile
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
@@ -241,7 +241,7 @@ def show_running_daemon(pid: int, out: TextIO) -> int:
     return DaemonState.RUNNING.value if lines else DaemonState.NOT_RUNNING.value
 
 
-def add_control_parsers(sub: argparse._SubParsersAction) -> None:
+def add_control_parsers(sub: "argparse._SubParsersAction[Any]") -> None:
     for name in CONTROL_SIGNALS:
         graceful, immediate = (signal.Signals(s).name for s in CONTROL_SIGNALS[name])
         p = sub.add_parser(name, help=f"send {graceful} ({name}) to a running daemon",

@@ -28,7 +28,7 @@ from pyse.config import KEYS, ConfigError
 __all__ = ["read_config_file", "FORMATS", "format_names"]
 
 
-def read_config_file(path: str) -> dict:
+def read_config_file(path: str) -> Dict[str, Any]:
     """The keys the file at path sets, as a new dict; ConfigError naming the
     file for an unknown extension, an unreadable file, a parse error, or a
     top level that is not a mapping."""
@@ -57,7 +57,7 @@ def read_toml(path: str, raw: bytes) -> Any:
         import tomllib as toml
     except ImportError:  # Python 3.10: the same parser is on PyPI as tomli
         try:
-            import tomli as toml  # type: ignore[no-redef]
+            import tomli as toml  # type: ignore[no-redef, import-not-found, unused-ignore]
         except ImportError:
             raise ConfigError(f"config file {path!r}: reading TOML needs Python 3.11 or the "
                               f"tomli package; or use {format_names()}") from None
@@ -78,7 +78,7 @@ def read_json(path: str, raw: bytes) -> Any:
 
 def read_yaml(path: str, raw: bytes) -> Any:
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         raise ConfigError(f"config file {path!r}: reading YAML needs PyYAML, which is not "
                           f"installed (pip install PyYAML); or use .toml, .json or .py") from None
@@ -126,7 +126,7 @@ def line_in(error: BaseException, path: str) -> str:
     return f" (line {line})" if line is not None else ""
 
 
-def names_of_python_file(path: str, namespace: Mapping[str, Any]) -> dict:
+def names_of_python_file(path: str, namespace: Mapping[str, Any]) -> Dict[str, Any]:
     """The keys a Python config file sets.
 
     If the file defines ``__all__``, exactly the names it lists.  Otherwise
