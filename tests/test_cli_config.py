@@ -163,6 +163,9 @@ def test_precedence_defaults_file_environment_flags_set(app_dir):
                                        "--print-config", cwd=app_dir))
     assert rows["workers"] == ("5", "command line --set")
     assert rows["log_level"] == ('"info"', file_source)
+    rows = printed_config(pyse_command("run", "--no-daemon", "--print-config", cwd=app_dir,
+                                       env={"PYSE_CMD_ARGS": "-D"}))
+    assert rows["daemonize"] == ("false", "command line --no-daemon")
 
 
 def test_environment_may_name_the_file_and_the_command_line_overrides_it(app_dir):

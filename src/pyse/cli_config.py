@@ -129,9 +129,11 @@ def option_settings(args: argparse.Namespace, origin: str,
     settings = {}
     for flag in CONFIG_FLAGS:
         text = getattr(args, flag.dest, None)
-        if text is not None:
-            value = text if isinstance(text, bool) else flag.convert(text)
-            settings[flag.key] = Setting(value, f"{origin} {flag.name}")
+        if isinstance(text, bool):  # --daemon / --no-daemon
+            name = flag.name if text else "--no-" + flag.name[2:]
+            settings[flag.key] = Setting(text, f"{origin} {name}")
+        elif text is not None:
+            settings[flag.key] = Setting(flag.convert(text), f"{origin} {flag.name}")
     for item in args.set:
         key, sep, text = item.partition("=")
         if not sep or not key:
