@@ -61,8 +61,8 @@ class Daemon:
 @contextlib.contextmanager
 def daemon_of(directory: Path, *args: str, env: dict | None = None) -> Iterator[Daemon]:
     """``pyse run app:W -D`` in directory; at the end, whatever is left of
-    its process group is killed and the daemon (our child: pytest is a
-    subreaper) reaped."""
+    its process group is killed and reaped (pytest is a subreaper: the
+    daemon is its child, and so are the workers once the daemon died)."""
     result = pyse_command("run", "app:W", "-D", "-p", "app.pid", "--log-file", "app.log",
                           *args, cwd=directory, env=env)
     assert result.returncode == 0, result.stderr
@@ -71,8 +71,12 @@ def daemon_of(directory: Path, *args: str, env: dict | None = None) -> Iterator[
     try:
         yield Daemon(directory, pid)
     finally:
+        members = [pid, *helpers.descendants_of(pid)] if helpers.is_running(pid) else [pid]
         helpers.kill_group(pgid)
-        helpers.wait_pid_exit(pid, 10)
+        # The daemon first: a worker's zombie becomes ours to reap only once
+        # its parent has died, which kill_group may not have seen.
+        for member in members:
+            helpers.wait_pid_exit(member, 10)
 
 
 @pytest.fixture
