@@ -1,212 +1,229 @@
 """The ``pyse`` command: run a worker class from an import path, or control
-a running daemon through its pid file.
+a running daemon through its pid file.  ``docs/cli.md`` is the reference.
 
-    pyse run myapp.workers:MyWorker --config server.json [--server myapp:MyServer]
-             [--set workers=4 --set worker_type=process]
-    pyse stop|restart|reload|detach|dump --pid-file server.pid [--immediate]
-    pyse status --pid-file server.pid
+    pyse run myapp.workers:MyWorker -c server.toml -w 4 -k process -D -p app.pid
+    pyse run myapp.workers:MyWorker -c server.toml --check-config | --print-config
+    pyse stop|restart|reload|detach|dump -p app.pid [--immediate] [--wait [--timeout S]]
+    pyse status -p app.pid
+    pyse config-reference
+
+An error is one line on stderr, ``pyse: ...``, and a non-zero exit status;
+never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import signal
 import sys
-from typing import Any, Callable, Optional, Sequence
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import pyse
 from pyse import config as config_mod
-from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
-                          IMMEDIATE_STOP, RELOAD)
+from pyse.cli_config import (ENV_VAR, LayeredConfig, OptionParser, UsageError, add_config_options,
+                             check_config, print_config)
+from pyse.cli_control import ControlError, add_control_parsers
+from pyse.config_file import format_names
 
-#: command -> (graceful signal, immediate signal)
-CONTROL_SIGNALS = {
-    "stop": (GRACEFUL_STOP, IMMEDIATE_STOP),
-    "restart": (GRACEFUL_RESTART, IMMEDIATE_RESTART),
-    "reload": (RELOAD, RELOAD),
-    "detach": (DETACH, DETACH),
-    "dump": (DUMP, DUMP),
-}
+#: exit status when the command line, the configuration or the user's
+#: classes are wrong and nothing was started
+EXIT_USAGE = 2
+#: exit status of a ``pyse run`` whose server raised (not a daemonized start)
+EXIT_SERVER_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 class CommandError(Exception):
     pass
 
 
+def version_line() -> str:
+    return f"pyse {pyse.__version__}"
+
+
+# -- importing the user's classes ------------------------------------------------
+
 def import_object(path: str, what: str) -> Any:
+    """The object at 'package.module:Name' (Name may be dotted); CommandError
+    for a malformed path, a module that cannot be imported (whatever its
+    import raises) or a missing attribute."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise CommandError(f"{what} {path!r}: expected 'package.module:ClassName'")
-    sys.path.insert(0, os.getcwd())
+        raise CommandError(f"{what} {path!r}: expected package.module:ClassName")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise CommandError(f"{what} {path!r}: cannot import {module_name!r}: {e}") from e
-    try:
-        obj = module
-        for part in attr.split("."):
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):
+            raise CommandError(f"{what} {path!r}: no module named {e.name!r} "
+                               f"(looked in the current directory and sys.path)") from None
+        raise CommandError(f"{what} {path!r}: importing {module_name!r} failed: "
+                           f"{describe_exception(e)}") from None
+    except Exception as e:
+        raise CommandError(f"{what} {path!r}: importing {module_name!r} failed: "
+                           f"{describe_exception(e)}") from None
+    obj = module
+    for part in attr.split("."):
+        try:
             obj = getattr(obj, part)
-    except AttributeError:
-        raise CommandError(f"{what} {path!r}: {module_name!r} has no attribute {attr!r}") from None
+        except AttributeError:
+            raise CommandError(f"{what} {path!r}: {module_name!r} has no attribute "
+                               f"{attr!r}") from None
     return obj
 
 
-def parse_value(text: str) -> Any:
-    """--set values are JSON when they parse as JSON (4, true, [1, 2]), else strings."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def import_class(path: str, what: str) -> type:
+    cls = import_object(path, what)
+    if not isinstance(cls, type):
+        raise CommandError(f"{what} {path!r}: expected a class, got {type(cls).__name__} "
+                           f"{cls!r:.40}")
+    return cls
 
 
-def read_config_file(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise config_mod.ConfigError(f"config file {path!r}: {e.strerror}") from e
-    if path.endswith(".toml"):
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            raise config_mod.ConfigError(f"config file {path!r}: TOML needs Python 3.11") from None
-        try:
-            data = tomllib.loads(raw.decode())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise config_mod.ConfigError(f"config file {path!r}: {e}") from e
-    else:
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise config_mod.ConfigError(f"config file {path!r}: not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise config_mod.ConfigError(f"config file {path!r}: expected an object at the top")
-    return data
+def describe_exception(error: BaseException) -> str:
+    """'Type: message (file, line N)' with the innermost frame: one line."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, SyntaxError):
+        return text  # its message already says "(file, line N)"
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames:
+        text += f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return text
 
 
-def config_source(path: Optional[str], overrides: Sequence[str]) -> Callable[[], dict]:
-    """A callable source, so that every reload re-reads the file."""
-    pairs = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CommandError(f"--set {item!r}: expected key=value")
-        pairs.append((key, parse_value(value)))
-
-    def load() -> dict:
-        data = read_config_file(path) if path else {}
-        data.update(pairs)
-        return data
-
-    return load
-
+# -- pyse run -------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import pyse
-
-    worker = import_object(args.worker, "worker")
-    server = import_object(args.server, "server") if args.server else None
+    # As `python -m` does: the project's own modules import, from WORKER,
+    # --server and a .py config file alike.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    layered = LayeredConfig.from_options(args, os.environ)
+    if args.check_config:
+        return check_config(layered, lambda config: app_problems(args, config))
+    if args.print_config:
+        return print_config(layered)
+    if not args.worker:
+        raise UsageError("pyse run", "the worker class (package.module:ClassName) is required")
+    worker = import_class(args.worker, "worker")
+    server = import_class(args.server, "server") if args.server else None
     try:
-        daemon = pyse.create(server, worker, config_source(args.config, args.set))
-    except TypeError as e:  # a worker class without run(): the user's mistake
+        daemon = pyse.create(server, worker, layered)
+    except TypeError as e:  # a worker that is not a class, or has no run()
         raise CommandError(str(e)) from e
-    return daemon.main()
-
-
-def read_pid(pid_file: str) -> int:
     try:
-        with open(pid_file) as f:
-            text = f.read().strip()
-    except OSError as e:
-        raise CommandError(f"pid file {pid_file!r}: {e.strerror}") from e
-    try:
-        return int(text)
-    except ValueError:
-        raise CommandError(f"pid file {pid_file!r}: does not hold a pid ({text[:40]!r})") from None
+        return daemon.main()
+    except Exception as e:
+        # A user hook (initialize, before_run...) that raised in the
+        # foreground: one line naming the exception and where it was raised.
+        print(f"pyse: the server failed: {describe_exception(e)}", file=sys.stderr)
+        return EXIT_SERVER_FAILED
 
 
-def cmd_control(args: argparse.Namespace) -> int:
-    from pyse import pidfile
-
-    pid = read_pid(args.pid_file)
-    # The daemon holds the pid file's lock while it runs: without it, pid
-    # may by now belong to an unrelated process (see pyse.pidfile).
-    if not pidfile.is_locked(args.pid_file):
-        raise CommandError(f"pid file {args.pid_file!r} is stale: pid {pid} is not a running "
-                           f"pyse daemon (nothing holds the file's lock)")
-    graceful, immediate = CONTROL_SIGNALS[args.command]
-    signo = immediate if getattr(args, "immediate", False) else graceful
-    try:
-        os.kill(pid, signo)
-    except ProcessLookupError:
-        raise CommandError(f"pid {pid} from {args.pid_file!r} is not running") from None
-    print(f"sent {signal.Signals(signo).name} to {pid}")
-    return 0
-
-
-def process_tree(pid: int, depth: int = 0) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-    except FileNotFoundError:
+def app_problems(args: argparse.Namespace, config: Dict[str, Any]) -> List[str]:
+    """--check-config: the worker and server classes, if given, import and
+    fit the configuration."""
+    if not args.worker:
         return []
-    lines = [f"{'  ' * depth}{pid} {title}"]
-    for child in children:
-        lines.extend(process_tree(child, depth + 1))
-    return lines
+    try:
+        worker = import_class(args.worker, "worker")
+        server = import_class(args.server, "server") if args.server else None
+        pyse.create(server, worker, config)
+    except (CommandError, TypeError, config_mod.ConfigError) as e:
+        return [str(e)]
+    return []
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    pid = read_pid(args.pid_file)
-    lines = process_tree(pid)
-    if not lines:
-        print(f"not running (pid file {args.pid_file!r} names {pid})")
-        return 1
-    print("\n".join(lines))
-    return 0
+RUN_EPILOG = f"""\
+configuration, lowest to highest precedence:
+  pyse's defaults < the config file (-c) < {ENV_VAR} < the command line's flags < --set
+
+  {ENV_VAR} holds options of 'pyse run' (-c, -w, -k, -D, -p, --log-file,
+  --log-level, --set), split as a shell would; e.g.
+  {ENV_VAR}="-w 4 --set log_rotate_age=10".
+  Config file formats, by extension: {format_names()} (.yaml needs PyYAML;
+  a .py file's module-level names become keys).
+
+every configuration key, its default and meaning: docs/configuration.md,
+or 'pyse config-reference'.  This command: docs/cli.md.
+
+exit status: the server's (0 after a clean stop; with -D, 0 once the daemon
+is up, else daemonize_error_exit_code, 1 by default); 1 if the server raised;
+2 if the command line, the configuration or the classes are wrong (nothing
+started); --check-config and --print-config: 0 valid, 1 not.
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyse", description="Run and control pyse servers.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a worker class")
-    run.add_argument("worker", help="the worker class, as package.module:ClassName")
-    run.add_argument("--server", help="a server module class, as package.module:ClassName")
-    run.add_argument("--config", "-c", help="a JSON (or, on 3.11+, TOML) config file, "
-                                            "re-read at every reload")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="a config value (JSON, or a string), over the file's")
+def add_run_parser(sub: "argparse._SubParsersAction[Any]") -> None:
+    run = sub.add_parser("run", help="run a worker class as a server",
+                         description="Runs WORKER (a class, as package.module:ClassName) "
+                                     "under pyse: a server and its workers,\nin the "
+                                     "foreground or (-D) as a daemon.",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("worker", nargs="?", metavar="WORKER",
+                     help="the worker class, as package.module:ClassName, imported with the "
+                          "current directory first on sys.path (optional with --check-config "
+                          "and --print-config)")
+    run.add_argument("--server", metavar="CLASS",
+                     help="a server class (package.module:ClassName) whose hooks run in the "
+                          "server (default: none)")
+    add_config_options(run)
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--check-config", action="store_true",
+                      help="load and validate the configuration (and import WORKER and "
+                           "--server if given), print every problem, exit 0 if valid, else 1; "
+                           "starts nothing")
+    mode.add_argument("--print-config", action="store_true",
+                      help="print every key's effective value and where it came from "
+                           "(default, the config file, PYSE_CMD_ARGS, a flag, --set); exit 1 "
+                           "if the configuration is not valid; starts nothing")
+    run.add_argument("--version", action="version", version=version_line(),
+                     help="print pyse's version and exit")
     run.set_defaults(func=cmd_run)
-    for name in CONTROL_SIGNALS:
-        p = sub.add_parser(name, help=f"send the {name} signal to a running daemon")
-        p.add_argument("--pid-file", "-p", required=True)
-        if name in ("stop", "restart"):
-            p.add_argument("--immediate", action="store_true", help="QUIT/HUP instead of TERM/USR1")
-        p.set_defaults(func=cmd_control)
-    status = sub.add_parser("status", help="show the running process tree")
-    status.add_argument("--pid-file", "-p", required=True)
-    status.set_defaults(func=cmd_status)
-    reference = sub.add_parser("config-reference",
-                               help="print the configuration reference (docs/configuration.md)")
-    reference.set_defaults(func=cmd_config_reference)
-    return parser
 
+
+# -- the rest ---------------------------------------------------------------------------
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config_mod.reference_markdown())
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = OptionParser(prog="pyse", allow_abbrev=False,
+                          description="Run and control pyse servers.",
+                          epilog="'pyse COMMAND --help' describes each command; docs/cli.md is "
+                                 "the reference.")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print pyse's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do; 'pyse COMMAND --help' tells more")
+    add_run_parser(sub)
+    add_control_parsers(sub)
+    reference = sub.add_parser("config-reference",
+                               help="print the configuration reference (docs/configuration.md)",
+                               description="Prints the configuration reference, in Markdown: "
+                                           "every key, its default, what it expects, whether a "
+                                           "reload applies it.")
+    reference.set_defaults(func=cmd_config_reference)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The ``pyse`` command; returns its exit status."""
     try:
-        return args.func(args)
-    except (CommandError, config_mod.ConfigError) as e:
+        args = build_parser().parse_args(argv)
+        command: Callable[[argparse.Namespace], int] = args.func
+        return command(args)
+    except UsageError as e:
+        print(f"pyse: {e} (see '{e.prog} --help')", file=sys.stderr)
+        return EXIT_USAGE
+    except (CommandError, ControlError, config_mod.ConfigError) as e:
         print(f"pyse: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pyse: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -432,13 +432,16 @@ def validate(raw: Any) -> dict:
 
 def load(source: Any) -> dict:
     """Validates a dict, or calls a callable source and validates its result.
-    Whatever the callable raises becomes a :class:`ConfigError`, so a reload
-    can keep the running configuration whatever went wrong."""
+    Whatever else the callable raises becomes a :class:`ConfigError`, so a
+    reload can keep the running configuration whatever went wrong; a
+    ConfigError it raises passes through unchanged."""
     if source is None:
         return validate({})
     if callable(source) and not isinstance(source, Mapping):
         try:
             raw = source()
+        except ConfigError:
+            raise  # already says what is wrong, and where (a config file names itself)
         except Exception as e:
             raise ConfigError(f"the configuration callable {_callable_name(source)} raised "
                               f"{type(e).__name__}: {e}") from e

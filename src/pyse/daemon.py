@@ -34,6 +34,7 @@ import setproctitle
 
 from pyse import config as config_mod
 from pyse import pidfile, privilege
+from pyse.config_equivalents import unknown_key_warnings
 from pyse.daemonize import ReadyPipe, StartupError, launch, report_startup_error
 from pyse.embedded_server import EmbeddedServer
 from pyse.logger import LogSetup
@@ -156,8 +157,8 @@ class Daemon:
 
     def serve_logged(self, log_setup: Any, ready: Optional[ReadyPipe]) -> int:
         logger = log_setup.logger
-        for key, likely in config_mod.near_misses(self.config):
-            logger.warning("Unknown config key %r: did you mean %r?", key, likely)
+        for _key, warning in unknown_key_warnings(self.config):
+            logger.warning("%s", warning)
         pid_file = self._pid_file
         if pid_file is not None and pid_file.had_stale_file:
             logger.warning("Replaced a stale pid file %s (it named pid %s, which no longer "
