@@ -13,6 +13,7 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Union
 
 from pyse import config as config_mod
+from pyse.config_equivalents import unknown_key_warnings
 from pyse import lowlevel
 # Imported at load, not at the first CONT: after chuser the interpreter's
 # own directories may no longer be readable.
@@ -95,8 +96,8 @@ class Server:
         except config_mod.ConfigError as e:
             self.logger.error("Reload failed, keeping the running configuration: %s", e)
             return
-        for key, likely in config_mod.near_misses(new):
-            self.logger.warning("Unknown config key %r: did you mean %r?", key, likely)
+        for _key, warning in unknown_key_warnings(new):
+            self.logger.warning("%s", warning)
         for key in config_mod.restart_only_changes(self.config, new):
             self.logger.warning("Config key %r changed: it needs a restart to take effect", key)
         try:
