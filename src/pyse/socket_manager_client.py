@@ -10,6 +10,7 @@ most ``timeout`` seconds for the broker.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import socket
@@ -103,7 +104,7 @@ class SocketManagerClient:
 
     def acquire(self, address: Optional[SocketAddress], name: Optional[str]) -> socket.socket:
         local = _local_managers.get(self.path)
-        if local is not None:
+        if local is not None and hmac.compare_digest(local.token, self.token):
             sock = local.local_socket(address, name)
             if sock is not None:
                 return sock
