@@ -25,10 +25,11 @@ import threading
 from typing import Any, Mapping, Optional, Tuple
 
 from pyse.socket_manager_activation import ActivatedSocket, adopt_activated_sockets
-from pyse.socket_manager_address import (DEFAULT_BACKLOG, SocketAddress, address_of_socket,
-                                         bind_listener, inet_address, unix_address)
+from pyse.config import KEYS
+from pyse.socket_manager_address import (SocketAddress, address_of_socket, bind_listener,
+                                         inet_address, unix_address)
 from pyse.socket_manager_broker import SocketBroker
-from pyse.socket_manager_client import (DEFAULT_TIMEOUT, PATH_ENV, TOKEN_ENV, SocketManagerClient,
+from pyse.socket_manager_client import (PATH_ENV, TOKEN_ENV, SocketManagerClient,
                                         SocketManagerError, local_managers, register_local,
                                         unregister_local)
 
@@ -49,11 +50,17 @@ class SocketManagerServer:
       the end of its reply.
     - ``activation``: adopt the sockets systemd passed in (LISTEN_FDS);
       ``activated`` gives an already adopted list instead.
+
+    The defaults are those of the configuration keys that
+    :meth:`from_config` reads.
     """
 
-    def __init__(self, path: Optional[str] = None, *, directory: Optional[str] = None,
-                 reuseport: bool = False, backlog: int = DEFAULT_BACKLOG,
-                 client_timeout: float = DEFAULT_TIMEOUT, activation: bool = True,
+    def __init__(self, path: Optional[str] = None, *,
+                 directory: Optional[str] = KEYS["socket_manager_dir"].default,
+                 reuseport: bool = KEYS["socket_reuseport"].default,
+                 backlog: int = KEYS["socket_backlog"].default,
+                 client_timeout: float = KEYS["socket_manager_timeout"].default,
+                 activation: bool = KEYS["socket_activation"].default,
                  activated: Optional[list[ActivatedSocket]] = None,
                  logger: Optional[logging.Logger] = None) -> None:
         self.logger = logger or logging.getLogger("pyse.socket_manager")

@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 KINDS = ("tcp", "udp", "unix")
-#: the listen() backlog when none is given (Linux's SOMAXCONN; the kernel
-#: caps it at net.core.somaxconn)
-DEFAULT_BACKLOG = 4096
 #: sun_path holds 108 bytes with the terminating NUL
 UNIX_PATH_MAX = 107
 
@@ -165,7 +162,7 @@ def address_of_socket(sock: socket.socket) -> Optional[SocketAddress]:
     return SocketAddress(kind, host=canonical_ip(name[0]) or name[0], port=name[1])
 
 
-def bind_listener(address: SocketAddress, *, backlog: int = DEFAULT_BACKLOG,
+def bind_listener(address: SocketAddress, *, backlog: int,
                   reuseport: bool = False) -> socket.socket:
     """A new socket bound to address (and listening, for tcp and unix), in
     non-blocking mode.  Errors name the address: "binding tcp
