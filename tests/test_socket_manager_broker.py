@@ -134,6 +134,7 @@ def test_errors_of_the_owner_reach_the_client_with_their_errno():
     b"\xff\xfe\xfd\n",
     b"[1, 2, 3]\n",
     b"{\n",
+    b"[" * 3000 + b"\n",
     b'{"kind": "tcp", "host": "localhost", "port": 80, "token": "%s"}\n',
     b'{"kind": "tcp", "host": "127.0.0.1", "port": "eighty", "token": "%s"}\n',
     b'{"kind": "tcp", "host": "127.0.0.1", "port": 65536, "token": "%s"}\n',

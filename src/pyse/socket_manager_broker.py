@@ -255,7 +255,9 @@ class SocketBroker:
                 return
             address, name = parse_request(request)
             sock, actual = self._provide(address, name)
-        except (ValueError, LookupError) as e:  # json's errors and UnicodeError are ValueErrors
+        except (ValueError, RecursionError) as e:
+            # json's errors and UnicodeError are ValueErrors; RecursionError
+            # is JSON nested too deep.
             self.reply(client, {"ok": False, "error": f"bad request: {e}"})
             return
         except OSError as e:

@@ -190,10 +190,10 @@ def socket_from_reply(reply: bytes, fds: list[int], path: str) -> socket.socket:
             raise SocketManagerError(f"socket manager: {error}")
         if len(fds) != 1:
             raise SocketManagerError(f"the socket manager's reply carried {len(fds)} fds, not 1")
+        sock = socket.socket(fileno=fds[0])
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    sock = socket.socket(fileno=fds[0])
     sock.setblocking(False)
     return sock
