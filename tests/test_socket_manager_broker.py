@@ -229,3 +229,31 @@ def test_more_clients_than_the_limit_drop_the_oldest():
         finally:
             for conn in idle:
                 conn.close()
+
+
+def test_deadlines_are_a_function_of_now():
+    """Driven by hand with a made-up clock: the broker reads no clock."""
+    with pyse.SocketManager.Server(activation=False, client_timeout=2.0) as m:
+        listener_fd = m.broker.listener.fileno()
+        assert m.watches() == [(listener_fd, True, False)] and m.next_deadline() is None
+        idle = connect_broker(m)
+        m.handle_ready(listener_fd, True, False, 100.0)
+        (client_fd, reads, writes), = [w for w in m.watches() if w[0] != listener_fd]
+        assert (reads, writes) == (True, False)
+        assert m.next_deadline() == 102.0
+        m.drop_overdue_clients(101.9)
+        assert len(m.watches()) == 2
+        m.drop_overdue_clients(102.0)
+        assert m.watches() == [(listener_fd, True, False)] and m.next_deadline() is None
+        assert idle.recv(10) == b""
+        # A request is answered within handle_ready(), without another poll.
+        with connect_broker(m) as conn:
+            conn.sendall(request_line(m, kind="tcp", host="127.0.0.1", port=0))
+            m.handle_ready(listener_fd, True, False, 200.0)
+            (client_fd, _, _), = [w for w in m.watches() if w[0] != listener_fd]
+            m.handle_ready(client_fd, True, False, 200.0)
+            reply, fds = read_reply(conn)
+        assert json.loads(reply)["ok"] and len(fds) == 1
+        os.close(fds[0])
+        assert m.watches() == [(listener_fd, True, False)]
+        idle.close()

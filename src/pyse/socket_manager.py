@@ -74,15 +74,16 @@ class SocketManagerServer:
         self._lock = threading.Lock()
         self._sockets: dict[Tuple[Any, ...], socket.socket] = {}
         self._unix_paths_bound: set[str] = set()
+        # The broker first: if it cannot be made, nothing was adopted yet.
+        self.broker: Optional[SocketBroker] = SocketBroker(
+            path, directory, self.token, self.provide, timeout=client_timeout,
+            logger=self.logger)
+        self.path = self.broker.path
         if activated is None and activation:
             activated = adopt_activated_sockets(logger=self.logger)
         self._activated: list[ActivatedSocket] = list(activated or ())
         for adopted in self._activated:
             self._sockets.setdefault(adopted.address.key, adopted.sock)
-        self.broker: Optional[SocketBroker] = SocketBroker(
-            path, directory, self.token, self.provide, timeout=client_timeout,
-            logger=self.logger)
-        self.path = self.broker.path
         register_local(self)
 
     @classmethod
