@@ -63,8 +63,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         if self.server.stopping.is_set():
-            self.send_header("Connection", "close")
             self.close_connection = True
+        if self.close_connection:    # stopping, or the client asked (or spoke HTTP/1.0)
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
