@@ -112,15 +112,28 @@ def test_ipv6_tcp_and_udp(manager):
     assert ("udp", "::1", udp.getsockname()[1]) in manager.sockets()
 
 
+def udp_and_tcp_on_one_port(manager) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket on one port number that another program on
+    this machine may hold in one protocol: a few tries."""
+    for _ in range(20):
+        udp = manager.listen_udp("127.0.0.1", 0)
+        try:
+            return udp, manager.listen_tcp("127.0.0.1", udp.getsockname()[1])
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    raise AssertionError("no port free for both UDP and TCP in 20 tries")
+
+
 def test_udp_socket_is_shared(manager):
-    udp = manager.listen_udp("127.0.0.1", 0)
+    udp, tcp = udp_and_tcp_on_one_port(manager)
     port = udp.getsockname()[1]
     again = manager.listen_udp("127.0.0.1", port)
     assert same_open_socket(udp, again)
     assert udp.type == socket.SOCK_DGRAM
     # A UDP socket and a TCP socket on the same port are two keys.
-    tcp = manager.listen_tcp("127.0.0.1", port)
     assert tcp.type == socket.SOCK_STREAM and not same_open_socket(tcp, udp)
+    assert ("tcp", "127.0.0.1", port) in manager.sockets()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.sendto(b"ping", ("127.0.0.1", port))
         assert wait_readable(again, 5)
