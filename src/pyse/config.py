@@ -393,6 +393,19 @@ _KEY_LIST: List[Key] = [
         "its levels win over log_level for the loggers it names"),
     # Other
     Key("disable_sigdump", False, boolean, "Other", "CONT does not write a sigdump file"),
+    # Sockets (the socket manager: pyse.SocketManager.Server.from_config)
+    Key("socket_reuseport", False, boolean, "Sockets",
+        "set SO_REUSEPORT on the TCP and UDP sockets the socket manager binds"),
+    Key("socket_backlog", 4096, integer(1), "Sockets",
+        "listen() backlog of the TCP and unix sockets it binds (the kernel caps it at "
+        "net.core.somaxconn)"),
+    Key("socket_manager_dir", None, path, "Sockets",
+        "directory in which the broker's private directory is made; default "
+        "$XDG_RUNTIME_DIR, else the temp directory"),
+    Key("socket_manager_timeout", 5.0, number(positive=True), "Sockets",
+        "seconds a broker client has from connecting to the end of its reply"),
+    Key("socket_activation", True, boolean, "Sockets",
+        "adopt the sockets systemd passes (LISTEN_FDS) instead of binding new ones"),
 ]
 
 KEYS: Mapping[str, Key] = {k.name: k for k in _KEY_LIST}

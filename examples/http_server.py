@@ -1,0 +1,149 @@
+"""A prefork HTTP/1.1 server on the socket manager (standard library only).
+
+    python examples/http_server.py [PORT] [WORKERS]      # default 8080 and 4
+    curl -i http://127.0.0.1:8080/
+    wrk -t2 -c16 -d10s http://127.0.0.1:8080/
+
+The server process owns the listening socket through pyse.SocketManager;
+each worker process takes a dup of it and serves each connection on a
+thread of its own, with HTTP/1.1 keep-alive and a Content-Length on every
+response.  Kill a worker (kill -KILL <pid>): the socket stays open in the
+server, the kernel queues new connections, and the replacement accepts
+them, so no client is refused; only the requests the dead worker was
+answering are cut.  USR1 restarts the workers gracefully: each stops
+accepting, answers the requests it has (with "Connection: close") and exits.
+"""
+import http.server
+import os
+import select
+import selectors
+import socket
+import sys
+import threading
+
+import pyse
+
+#: seconds a keep-alive connection may stay idle
+IDLE_TIMEOUT = 15.0
+#: at a graceful stop, seconds an idle connection still waits for a request
+#: already on its way (a client that just had an answer sends the next one
+#: at once); then it is closed
+STOP_GRACE = 0.2
+#: seconds a stopping worker waits for its connections to finish
+DRAIN_TIMEOUT = 10.0
+
+
+class HTTPServer:
+    def before_run(self):
+        self.socket_manager = pyse.SocketManager.Server.from_config(self.config,
+                                                                    logger=self.logger)
+        # Bound before the workers fork: they inherit the manager and take
+        # their dups from it without a round trip.
+        self.socket_manager.listen_tcp(self.config["bind"], self.config["port"])
+
+    def after_run(self):
+        self.socket_manager.close()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive unless the client says otherwise
+    timeout = 5                     # seconds to read a request once it has begun
+    disable_nagle_algorithm = True  # headers and body leave at once, not 40 ms apart
+
+    def handle(self):
+        # BaseRequestHandler calls its third argument "server": the worker.
+        while self.server.wait_for_request(self.connection):
+            self.handle_one_request()
+            if self.close_connection:
+                break
+
+    def do_GET(self):
+        body = b"Hello from worker %d (pid %d)\n" % (self.server.worker_id, os.getpid())
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        if self.server.stopping.is_set():
+            self.close_connection = True
+        if self.close_connection:    # stopping, or the client asked (or spoke HTTP/1.0)
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format, *args):
+        self.server.logger.debug("%s %s", self.address_string(), format % args)
+
+
+class HTTPWorker:
+    def initialize(self):
+        self.stopping = threading.Event()
+        self.connections = 0
+        self.connections_changed = threading.Condition()
+
+    def run(self):
+        listener = pyse.SocketManager.Client().listen_tcp(self.config["bind"], self.config["port"])
+        # stop() writes to it once and nobody reads it: it stays readable,
+        # waking the accept loop and every idle connection.
+        self.stop_r, self.stop_w = socket.socketpair()
+        if self.stopping.is_set():
+            self.stop_w.send(b"x")      # stop() came before the pair existed
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self.stop_r, selectors.EVENT_READ)
+            while not self.stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is listener:
+                        self.accept(listener)
+        listener.close()
+        with self.connections_changed:
+            self.connections_changed.wait_for(lambda: self.connections == 0, DRAIN_TIMEOUT)
+
+    def accept(self, listener):
+        try:
+            conn, address = listener.accept()
+        except BlockingIOError:
+            return                      # another worker took it
+        with self.connections_changed:
+            self.connections += 1
+        threading.Thread(target=self.serve, args=(conn, address), daemon=True).start()
+
+    def serve(self, conn, address):
+        try:
+            Handler(conn, address, self)
+        except OSError as e:
+            self.logger.debug("Connection from %s: %s", address, e)
+        finally:
+            conn.close()
+            with self.connections_changed:
+                self.connections -= 1
+                self.connections_changed.notify_all()
+
+    def wait_for_request(self, conn):
+        """True once conn has a request to read; False when it stayed idle
+        too long, or the worker is stopping and none came within the grace."""
+        poller = select.poll()          # not select(): fds may pass 1024
+        poller.register(conn, select.POLLIN)
+        poller.register(self.stop_r, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(IDLE_TIMEOUT * 1000)}
+        if conn.fileno() in ready or not ready:
+            return bool(ready)
+        poller.unregister(self.stop_r)
+        return bool(poller.poll(STOP_GRACE * 1000))
+
+    def stop(self):
+        self.stopping.set()
+        stop_w = getattr(self, "stop_w", None)
+        if stop_w is not None:
+            stop_w.send(b"x")
+
+
+if __name__ == "__main__":
+    pyse.create(HTTPServer, HTTPWorker, {
+        "worker_type": "process",
+        "workers": int(sys.argv[2]) if len(sys.argv) > 2 else 4,
+        "bind": "127.0.0.1",
+        "port": int(sys.argv[1]) if len(sys.argv) > 1 else 8080,
+        "log_level": "info",
+    }).run()
