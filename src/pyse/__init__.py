@@ -18,25 +18,15 @@ orphaned workers when a parent dies.
 
     pyse.create(None, MyWorker, {"worker_type": "process", "workers": 4}).run()
 """
-from typing import TYPE_CHECKING, Any
-
 from pyse.blocking_flag import BlockingFlag
 from pyse.config import ConfigError
 from pyse.daemon import Daemon, create
 from pyse.server import Server
+# Imported with pyse, not on first use: a server's before_run() may open
+# sockets after the daemon switched to chuser, when the interpreter's files
+# may no longer be readable.
+from pyse.socket_manager import SocketManager
 from pyse.worker import Worker
 
 __all__ = ["BlockingFlag", "ConfigError", "Daemon", "Server", "SocketManager", "Worker", "create"]
 __version__ = "0.1.0"
-
-if TYPE_CHECKING:
-    from pyse.socket_manager import SocketManager
-
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use: most programs open no socket, and its imports
-    # (json, secrets, tempfile) add tens of milliseconds to every start.
-    if name == "SocketManager":
-        from pyse.socket_manager import SocketManager
-        return SocketManager
-    raise AttributeError(f"module 'pyse' has no attribute {name!r}")
