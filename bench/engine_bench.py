@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import collections
 import statistics
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
@@ -14,9 +12,10 @@ from typing import Callable, Optional, TypeVar
 from engines import Engine
 from escalation import EscalationResult, measure_once, nominal_sequence
 from http_load import http_load
-from measure import (Launch, boot_then_stop, churn, graceful_stop, orphans_after_master_kill,
-                     respawn_latencies)
+from measure import (Launch, Respawn, boot_then_stop, churn_memory, churn_rate, graceful_stop,
+                     orphans_after_master_kill, respawn_latencies)
 from procfs import cannot_run
+from provision import progress
 from report import median_ms, ms, percentile
 from scale import ServerIdle, boot_only, flatness, server_idle, workers_idle
 from watcher import BenchError, Watcher
@@ -27,16 +26,15 @@ T = TypeVar("T")
 THREADS_PER_WORKER, FDS_PER_WORKER = 4, 4
 #: engines whose first 256-worker boot took longer get no more boot rounds
 SLOW_BOOT = 5.0
+#: seconds of churn before a round's window opens (the first kills, the
+#: server's first respawns)
+CHURN_WARMUP = 0.5
 
 
 @dataclass(frozen=True)
 class Cell:
     text: str
     value: Optional[float] = None   # what a ratio divides; None: no ratio
-
-
-def progress(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 class EngineBench:
@@ -48,6 +46,8 @@ class EngineBench:
         self.errors: list[str] = []
         self.details: list[str] = []
         self.escalation = EscalationResult()
+        self.respawns: list[Respawn] = []
+        self.churn_rates: list[float] = []     # starts per second, one per round
         self.worker_kb: Optional[int] = None   # a worker's private memory, once measured
         self.boots: list[float] = []            # launch -> 256 workers ready
         self.stops: list[float] = []            # TERM -> 64 workers gone
@@ -69,42 +69,59 @@ class EngineBench:
         """The measurements in order, each a step that every engine takes
         before the next one starts: two columns of the same engine are then
         measured a minute apart, not ten, under much the same load."""
-        sizes = [(f"{n} workers idle", lambda n=n: self.measure_size(n)) for n in self.o.sizes]
-        return [("respawn", self.measure_respawn), ("churn", self.measure_churn), *sizes,
+        o = self.o
+        respawns = [(f"respawn {i}", lambda i=i: self.measure_respawn(i))
+                    for i in range(1, o.respawn_rounds + 1)]
+        churns = [(f"churn {i}", lambda i=i: self.measure_churn(i))
+                  for i in range(1, o.churn_rounds + 1)]
+        sizes = [(f"{n} workers idle", lambda n=n: self.measure_size(n)) for n in o.sizes]
+        return [*respawns, *churns, ("churn memory", self.measure_churn_memory), *sizes,
                 ("boot and stop rounds", self.measure_rounds),
                 ("orphans", self.measure_orphans), ("escalation", self.measure_escalation),
                 ("HTTP load", self.measure_http)]
 
     # -- rows ---------------------------------------------------------------------
-    def measure_respawn(self) -> None:
+    def measure_respawn(self, round_number: int) -> None:
         o = self.o
-        self.say(f"{o.kills} kills of 4 workers")
+        kills = -(-o.kills // o.respawn_rounds)
+        self.say(f"respawn round {round_number} of {o.respawn_rounds}: {kills} kills of 4 workers")
         with self.launch(4) as run:
-            respawns = self.attempt("respawn", lambda: respawn_latencies(
-                run, o.kills, o.kill_gap))
-        if not respawns:
+            respawns = self.attempt("respawn", lambda: respawn_latencies(run, kills, o.kill_gap))
+        self.respawns += respawns or []
+        if not self.respawns or round_number < o.respawn_rounds:
             return
-        latencies = [r.latency for r in respawns]
+        latencies = [r.latency for r in self.respawns]
         for key, p in (("respawn_p50", 50), ("respawn_p99", 99)):
             value = percentile(latencies, p)
             self.cells[key] = Cell(ms(value, 2), value)
-        to_fork = [r.to_fork for r in respawns if r.to_fork is not None]
-        start = [r.latency - r.to_fork for r in respawns if r.to_fork is not None]
+        to_fork = [r.to_fork for r in self.respawns if r.to_fork is not None]
+        start = [r.latency - r.to_fork for r in self.respawns if r.to_fork is not None]
         if to_fork:
             self.cells["respawn_fork"] = Cell(median_ms(to_fork, 2), statistics.median(to_fork))
             self.cells["respawn_start"] = Cell(median_ms(start, 2), statistics.median(start))
-        self.details.append(f"respawn: max {ms(max(latencies), 2)}, p90 "
-                            f"{ms(percentile(latencies, 90), 2)}")
+        self.details.append(f"respawn: {len(latencies)} kills, max {ms(max(latencies), 2)}, "
+                            f"p90 {ms(percentile(latencies, 90), 2)}")
 
-    def measure_churn(self) -> None:
+    def measure_churn(self, round_number: int) -> None:
         o = self.o
-        self.say(f"churn (8 slots, up to {o.churn_starts} starts or {o.churn_cap:g} s)")
+        self.say(f"churn round {round_number} of {o.churn_rounds}")
         with self.launch(8) as run:
-            result = self.attempt("churn", lambda: churn(
-                run, 1.0, o.churn_window, o.churn_starts, o.churn_cap, o.churn_starts // 10))
+            rate = self.attempt("churn", lambda: churn_rate(run, CHURN_WARMUP, o.churn_window))
+        self.churn_rates += [rate] if rate is not None else []
+        if self.churn_rates and round_number == o.churn_rounds:
+            median = statistics.median(self.churn_rates)
+            self.cells["churn"] = Cell(f"{median:.0f} /s ({len(self.churn_rates)})", median)
+            self.details.append("churn rounds: " + ", ".join(f"{r:.0f}/s"
+                                                             for r in self.churn_rates))
+
+    def measure_churn_memory(self) -> None:
+        o = self.o
+        self.say(f"churn to {o.churn_starts} starts (or {o.churn_cap:g} s), server RSS")
+        with self.launch(8) as run:
+            result = self.attempt("churn memory", lambda: churn_memory(
+                run, o.churn_starts, o.churn_cap, 10))
         if result is None:
             return
-        self.cells["churn"] = Cell(f"{result.rate:.0f} /s", result.rate)
         flat = flatness(result.rss_kb)
         if flat:
             self.cells["rss_churn"] = Cell(flat)
@@ -117,7 +134,8 @@ class EngineBench:
         reason = (self.engine.max_reason if size > self.engine.max_workers else
                   cannot_run(size, THREADS_PER_WORKER, FDS_PER_WORKER, self.worker_kb))
         if reason:
-            self.cells[key] = Cell(f"skipped: {reason}")
+            self.cells[key] = Cell("skipped")
+            self.details.append(f"{size} workers: skipped: {reason}")
             return
         self.say(f"{size} workers idle")
         with self.launch(size) as run:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from engines import Engine
 from procfs import read_memory
@@ -182,49 +182,63 @@ def respawn_latencies(run: Launch, kills: int, gap: float) -> list[Respawn]:
     return latencies
 
 
-@dataclass
-class Churn:
-    rate: float                   # starts per second in the measured window
-    starts: int                   # starts in the whole churn
-    seconds: float                # how long the whole churn ran
-    rss_kb: list[tuple[int, int]] = field(default_factory=list)  # (starts so far, server RSS)
-
-
-def churn(run: Launch, warmup: float, window: float, target: int, cap: float,
-          sample_every: int) -> Churn:
-    """Kills every worker the moment it reports ready, so the server does
-    nothing but replace workers.  The rate counts the starts in ``window``
-    seconds after ``warmup``; the churn goes on until ``target`` starts (or
-    ``cap`` seconds), sampling the server's RSS every ``sample_every``."""
+def kill_as_started(run: Launch, done: Callable[[int], bool],
+                    started: Callable[[int, Event], None]) -> int:
+    """Kills every worker the moment the bench reads its ready line (and,
+    first, every live one), so the server does nothing but replace workers,
+    until ``done(starts)``; calls ``started(starts, event)`` for each."""
     run.wait_ready()
     watcher = run.watcher
     position = len(watcher.events)
     for pid in run.live_workers():
         watcher.kill(pid, signal.SIGKILL)
-    t0 = now()
-    window_start, window_end = t0 + warmup, t0 + warmup + window
-    starts = in_window = 0
-    result = Churn(0.0, 0, 0.0, [(0, run.server_rss_kb())])
-    while (starts < target or now() < window_end) and now() < t0 + cap:
-        watcher.poll(min(0.5, t0 + cap - now()))
+    starts = 0
+    while not done(starts):
+        watcher.poll(0.2)
         if run.gone_at(run.proc.pid) is not None:
             raise BenchError(f"the master died during the churn: {run.describe()}")
         events = watcher.events
         for e in events[position:]:
-            if e.kind != "ready":
-                continue
-            watcher.kill(e.pid, signal.SIGKILL)
-            starts += 1
-            in_window += window_start <= e.t < window_end
-            if starts % sample_every == 0 and starts <= target:
-                result.rss_kb.append((starts, run.server_rss_kb()))
+            if e.kind == "ready":
+                watcher.kill(e.pid, signal.SIGKILL)
+                starts += 1
+                started(starts, e)
         position = len(events)
+    return starts
+
+
+def churn_rate(run: Launch, warmup: float, window: float) -> float:
+    """Starts per second, counted by the workers' own timestamps in
+    ``window`` seconds after ``warmup``."""
+    t0 = now()
+    counted = []
+    kill_as_started(run, lambda starts: now() >= t0 + warmup + window,
+                    lambda starts, e: counted.append(t0 + warmup <= e.t < t0 + warmup + window))
+    return sum(counted) / window
+
+
+@dataclass
+class ChurnMemory:
+    starts: int
+    seconds: float
+    rss_kb: list[tuple[int, int]] = field(default_factory=list)  # (starts so far, server RSS)
+
+
+def churn_memory(run: Launch, target: int, cap: float, samples: int) -> ChurnMemory:
+    """Churns to ``target`` starts (or ``cap`` seconds) and reads the
+    server's RSS before and ``samples`` times on the way."""
+    every = max(1, target // samples)
+    t0 = now()
+    result = ChurnMemory(0, 0.0)
+
+    def sample(starts: int, event: Event) -> None:
+        if starts % every == 0 and starts <= target:
+            result.rss_kb.append((starts, run.server_rss_kb()))
+    run.wait_ready()
+    result.rss_kb.append((0, run.server_rss_kb()))
+    result.starts = kill_as_started(run, lambda starts: starts >= target or now() >= t0 + cap,
+                                    sample)
     result.seconds = now() - t0
-    result.starts = starts
-    if result.seconds >= warmup + window:
-        result.rate = in_window / window
-    else:
-        raise BenchError(f"churn reached {starts} starts before its window ended")
     return result
 
 

@@ -24,11 +24,11 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_bench import EngineBench, progress  # noqa: E402
+from engine_bench import EngineBench  # noqa: E402
 from engines import all_engines  # noqa: E402
 from http_load import load_tool  # noqa: E402
 from procfs import loadavg, raise_fd_limit  # noqa: E402
-from provision import Provisioner  # noqa: E402
+from provision import Provisioner, progress  # noqa: E402
 from table import render  # noqa: E402
 from watcher import Watcher, become_subreaper, reap_leftovers  # noqa: E402
 
@@ -39,7 +39,9 @@ KEYS = ["cfloor", "pyfloor", "serverengine", "gunicorn", "pyse-before", "pyse"]
 @dataclass
 class Options:
     kills: int
+    respawn_rounds: int
     kill_gap: float
+    churn_rounds: int
     churn_window: float
     churn_starts: int
     churn_cap: float
@@ -66,9 +68,11 @@ def parse_args(argv: list[str]) -> Options:
     add = p.add_argument
     add("--quick", action="store_true", help="fewer kills, shorter windows, no 1024 workers")
     add("--kills", type=int, help="respawn: SIGKILLs of 4 workers (200; quick 30)")
+    add("--respawn-rounds", type=int, help="respawn: launches the kills are shared among (5; quick 2)")
     add("--kill-gap", type=float, default=0.15,
         help="seconds between a replacement's ready and the next kill (0.15)")
-    add("--churn-window", type=float, help="churn: seconds counted (5; quick 2)")
+    add("--churn-rounds", type=int, help="churn: launches, each counted for one window (5; quick 2)")
+    add("--churn-window", type=float, default=1.0, help="churn: seconds counted per round (1)")
     add("--churn-starts", type=int, help="churn: starts to reach, for the RSS row (5000; quick 500)")
     add("--churn-cap", type=float, help="churn: give up on the starts after this many s (60; quick 10)")
     add("--sizes", help="idle rows: worker counts (16,64,256,1024; quick 16,64,256)")
@@ -101,15 +105,19 @@ def parse_args(argv: list[str]) -> Options:
         sizes = [int(x) for x in pick(a.sizes, "16,64,256,1024", "16,64,256").split(",")]
     except ValueError:
         p.error("--sizes: expected comma-separated worker counts, e.g. 16,64,256")
-    if min(sizes) < 1 or a.kill_gap < 0 or a.http_kill_every <= 0:
-        p.error("--sizes, --kill-gap and --http-kill-every must be positive")
+    if min(sizes) < 1 or a.kill_gap < 0 or a.http_kill_every <= 0 or a.churn_window <= 0:
+        p.error("--sizes, --kill-gap, --http-kill-every and --churn-window must be positive")
+    for name in ("respawn_rounds", "churn_rounds", "kills"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("pyse_src", "baseline_src"):
         tree = getattr(a, name)
         if tree is not None and not (tree / "src" / "pyse").is_dir():
             p.error(f"--{name.replace('_', '-')}: {tree} is not a pyse source tree "
                     "(no src/pyse)")
     return Options(
-        pick(a.kills, 200, 30), a.kill_gap, pick(a.churn_window, 5.0, 2.0),
+        pick(a.kills, 200, 30), pick(a.respawn_rounds, 5, 2), a.kill_gap,
+        pick(a.churn_rounds, 5, 2), a.churn_window,
         pick(a.churn_starts, 5000, 500), pick(a.churn_cap, 60.0, 10.0), sizes,
         pick(a.idle, 5.0, 2.0), a.settle, pick(a.boot_rounds, 3, 1), pick(a.stop_rounds, 3, 1),
         pick(a.orphan_window, 20.0, 2.0), pick(a.escalation_rounds, 3, 1),

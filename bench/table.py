@@ -15,12 +15,11 @@ PYTHON_FLOOR, PYSE, BEFORE = "Python floor", "pyse", "pyse (before)"
 
 def rows(o) -> list[tuple[str, str]]:
     out = [
-        ("respawn_p50", f"respawn after SIGKILL, p50 ({o.kills} kills, 4 workers)"),
+        ("respawn_p50", f"respawn after SIGKILL, p50 (4 workers, {o.kills} kills)"),
         ("respawn_p99", "respawn after SIGKILL, p99"),
         ("respawn_fork", "… kill → server's fork line, p50"),
         ("respawn_start", "… fork line → new worker ready, p50"),
-        ("churn", f"churn: starts per second, each worker killed as it starts (8 slots, "
-                  f"{o.churn_window:g} s)"),
+        ("churn", "churn: starts/s, each worker killed as it starts (8 slots; rounds)"),
     ]
     out += [(f"idle_{n}", f"server idle CPU, {n} workers, heartbeat 1 s") for n in o.sizes]
     out += [
@@ -94,10 +93,11 @@ def render(o, engines: list[Engine], benches: dict[str, EngineBench], skipped: d
             "\"–\" where one is missing or zero.", ""]
     out += [f"- {title}: {reason}" for title, reason in skipped.items()]
     out += ["", "## Settings", "",
-            f"- respawn: {o.kills} SIGKILLs of 4 workers, one at a time, "
-            f"{o.kill_gap * 1000:g} ms after the previous replacement was ready",
-            f"- churn: 8 workers, each SIGKILLed as soon as its ready line is read; the rate "
-            f"counts starts from 1 s to {1 + o.churn_window:g} s; the churn goes on to "
+            f"- respawn: {o.kills} SIGKILLs of 4 workers over {o.respawn_rounds} launches, one "
+            f"at a time, {o.kill_gap * 1000:g} ms after the previous replacement was ready",
+            f"- churn: 8 workers, each SIGKILLed as soon as its ready line is read; "
+            f"{o.churn_rounds} launches, each counting the starts of {o.churn_window:g} s after "
+            f"0.5 s; the median launch. For the memory row one more launch churns to "
             f"{o.churn_starts} starts or {o.churn_cap:g} s",
             f"- idle: servers of {', '.join(map(str, o.sizes))} workers, {o.settle:g} s of "
             f"settling after the boot, then {o.idle:g} 1-s slices; boot of 256 and stop of 64: "
