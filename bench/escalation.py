@@ -1,11 +1,12 @@
 """Kill escalation accuracy: when do TERM, QUIT and KILL reach a worker that
 ignores TERM and survives QUIT, compared with their deadlines?
 
-The deadlines come from the escalation both engines implement (SPEC section
-5, ServerEngine's ProcessManager::Monitor#tick): each step is due
-``interval + increment * n`` after the previous one was sent, the switch to
-QUIT is due ``graceful_kill_timeout`` after the first TERM, and KILL replaces
-QUIT once ``immediate_kill_timeout`` has passed since the first QUIT.  Each
+The deadlines come from the escalation both engines implement (pyse's
+documented kill escalation, ServerEngine's ProcessManager::Monitor#tick):
+each step is due ``interval + increment * n`` after the previous one was
+sent, the switch to QUIT is due ``graceful_kill_timeout`` after the first
+TERM, and KILL replaces QUIT once ``immediate_kill_timeout`` has passed
+since the first QUIT.  Each
 deadline is computed from the *observed* previous step, so one late step
 is counted once, not again in every step after it.
 """
@@ -54,7 +55,7 @@ def step_lateness(arrivals: list[tuple[str, float]], requested: float,
     """(letter, seconds late; negative: early) for every step but the first
     TERM (whose delay after ``requested``, the moment TERM was sent to the
     server, is reported on its own).  ``arrivals`` are (T|Q|K, time) in time
-    order.  As in SPEC section 5, the graceful stop starts when it is
+    order.  As both engines define it, the graceful stop starts when it is
     requested: the first QUIT is due ``graceful_kill_timeout`` after
     ``requested``, however late the first TERM went out.  Each chain is
     followed on its own (a TERM is due after the previous TERM, a QUIT after

@@ -1,6 +1,6 @@
 """Why pyse forks with os.fork(): fork in Python vs fork in C, measured.
 
-Issue 2 offered two ways to fork a worker with a sane child Python:
+pyse's design weighed two ways to fork a worker with a sane child Python:
 
   A. os.fork() in Python, then the core's child setup (pyse_child_after_fork:
      close inherited fds, restore signal dispositions) called through cffi;

@@ -1,5 +1,5 @@
 """gunicorn configuration for the benchmark: sync workers, settings read
-from the environment the bench sets (BENCH_WORKERS, BENCH_SOCKET, BENCH_LOG).
+from the environment the bench sets (BENCH_WORKERS, BENCH_BIND, BENCH_LOG).
 
 A worker reports "ready" from post_worker_init: its app is loaded and its
 signal handlers installed, the moment before it starts accepting — the
@@ -14,7 +14,7 @@ from event_writer import EventWriter  # noqa: E402
 
 workers = int(os.environ["BENCH_WORKERS"])
 worker_class = "sync"
-bind = ["unix:" + os.environ["BENCH_SOCKET"]]
+bind = [os.environ["BENCH_BIND"]]   # "unix:PATH", or "127.0.0.1:PORT" for HTTP
 # The app is imported once in the master, as pyse and ServerEngine hold their
 # worker code in the server before forking.
 preload_app = True

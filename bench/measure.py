@@ -1,4 +1,5 @@
-"""The measurements, each on a freshly launched engine (``Launch``).
+"""One launch of an engine (``Launch``) and the measurements taken on a
+launch of a few workers: respawn, churn, graceful stop, orphans.
 
 Times of worker events are the workers' own CLOCK_MONOTONIC readings; times
 of deaths are when the bench's pidfd poll returned.  Every launch runs in a
@@ -11,31 +12,36 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from engines import Engine
-from watcher import BenchError, Event, Watcher, now, read_cpu, reap_children
+from procfs import read_memory
+from watcher import BenchError, Event, Watcher, now, reap_children
 
-READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
-CLOCK_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def ready_timeout(workers: int) -> float:
+    """ServerEngine and gunicorn take ~55 ms per worker to boot."""
+    return 30.0 + 0.25 * workers
 
 
 class Launch:
     counter = 0
 
     def __init__(self, engine: Engine, watcher: Watcher, tmp: Path, workers: int,
-                 mode: str = "normal") -> None:
+                 mode: str = "normal", port: Optional[int] = None) -> None:
         Launch.counter += 1
         self.engine, self.watcher, self.workers = engine, watcher, workers
         self.dir = tmp / f"{engine.key}-{Launch.counter}"
         self.dir.mkdir()
-        cmd, extra_env = engine.command(self.dir, workers, mode)
+        cmd, extra_env = engine.command(self.dir, workers, mode, port)
         env = dict(os.environ, BENCH_EVENTS=str(watcher.path), **extra_env)
         self.output = open(self.dir / "output.log", "wb")
-        self.mark = len(watcher.events)
+        self.mark = self.scanned = len(watcher.events)
+        self.ready_times: list[float] = []    # first ready of each worker, in arrival order
         self.t_launch = now()
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.output,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -52,18 +58,14 @@ class Launch:
         return self.watcher.since(self.mark, kind)
 
     def worker_pids(self) -> list[int]:
-        """Every worker that reported ready, in order."""
-        return list(dict.fromkeys(e.pid for e in self.events("ready")))
+        """Every worker that reported ready during this launch."""
+        return [pid for pid, i in self.watcher.ready_index.items() if i >= self.mark]
 
     def gone_at(self, pid: int) -> Optional[float]:
-        """When ``pid`` died, counting only deaths after its own ready line: a
-        recycled pid may have died once already as some other process."""
-        events = self.watcher.events
-        start = self.mark
-        if pid != self.proc.pid:
-            start = next((i for i in range(self.mark, len(events))
-                          if events[i].kind == "ready" and events[i].pid == pid), len(events))
-        return next((e.t for e in events[start:] if e.kind == "gone" and e.pid == pid), None)
+        """When ``pid`` died, counting only a death after its own ready line
+        (a recycled pid may have died once already as some other process)."""
+        i = self.watcher.gone_index.get(pid)
+        return self.watcher.events[i].t if i is not None and i >= self.mark else None
 
     def live_workers(self) -> list[int]:
         return [p for p in self.worker_pids() if self.gone_at(p) is None]
@@ -76,23 +78,33 @@ class Launch:
         tail = self.server_log().splitlines()[-5:]
         return f"{self.engine.title} (logs in {self.dir}): " + " | ".join(tail)
 
-    # -- waiting ---------------------------------------------------------------
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
-        """Waits for the first ``workers`` ready workers; returns the time
-        from launch to the last of them (the cold start)."""
-        n = self.workers
+    def server_rss_kb(self) -> int:
+        return read_memory(self.proc.pid).rss_kb
 
-        def ready() -> Optional[list[Event]]:
-            firsts = {}
-            for e in self.events("ready"):
-                firsts.setdefault(e.pid, e)
+    # -- waiting ---------------------------------------------------------------
+    def _scan_ready(self) -> None:
+        events = self.watcher.events
+        self.ready_times += [e.t for e in events[self.scanned:] if e.kind == "ready"]
+        self.scanned = len(events)
+
+    def wait_ready(self, timeout: Optional[float] = None) -> float:
+        """Waits for the first ``workers`` workers to report ready; returns
+        the time from launch to the last of them (the boot)."""
+        n = self.workers
+        timeout = timeout or ready_timeout(n)
+
+        def ready() -> Optional[list[float]]:
+            self._scan_ready()
             if self.gone_at(self.proc.pid) is not None:
                 raise BenchError(f"the master exited during start: {self.describe()}")
-            return list(firsts.values()) if len(firsts) >= n else None
-        events = self.watcher.wait_for(ready, timeout, f"{n} ready workers of {self.engine.title}")
-        return max(e.t for e in events[:n]) - self.t_launch
+            return self.ready_times[:n] if len(self.ready_times) >= n else None
+        times = self.watcher.wait_for(ready, timeout, f"{n} ready workers of {self.engine.title}")
+        return max(times) - self.t_launch
 
     def wait_gone(self, pids: list[int], timeout: float, what: str) -> dict[int, float]:
+        if not pids:
+            return {}   # wait_for takes an empty result for "not yet"
+
         def all_gone() -> Optional[dict[int, float]]:
             times = {p: self.gone_at(p) for p in pids}
             return times if all(t is not None for t in times.values()) else None  # type: ignore[misc]
@@ -101,7 +113,7 @@ class Launch:
         except BenchError as e:
             alive = [p for p in pids if self.gone_at(p) is None]
             roles = ", ".join(("master " if p == self.proc.pid else "worker ") + str(p)
-                              for p in alive)
+                              for p in alive[:10])
             raise BenchError(f"{e}; still alive: {roles}; {self.describe()}") from None
 
     def kill_everything(self) -> None:
@@ -109,11 +121,12 @@ class Launch:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass  # the group is empty: everything already exited
-        for pid in self.worker_pids():
+        live = self.live_workers()
+        for pid in live:
             self.watcher.kill(pid, signal.SIGKILL)  # one that left the group
         self.proc.wait()
         try:
-            self.wait_gone(self.worker_pids(), 10.0, "the SIGKILLed workers")
+            self.wait_gone(live, 10.0, "the SIGKILLed workers")
         except BenchError as e:
             # Cleaning up must not hide the measurement's own outcome.
             print(f"warning: {e}", file=sys.stderr)
@@ -132,36 +145,23 @@ def graceful_stop(run: Launch) -> float:
     return max(times.values()) - t0
 
 
-@dataclass
-class Idle:
-    master_cpu_ms: float      # per 10 s, schedstat
-    master_tick_ms: float     # per 10 s, utime+stime
-    master_wakeups: float     # context switches per 10 s
-    workers_cpu_ms: float     # all workers together, per 10 s
+def boot_then_stop(run: Launch) -> float:
+    run.wait_ready()
+    return graceful_stop(run)
 
 
-def idle_cpu(run: Launch, seconds: float, settle: float = 0.5) -> Idle:
-    """CPU the master (and, beside it, the workers) use while nothing happens.
-    ``settle`` lets start-up work (log flushes, a last fork) finish first."""
-    run.watcher.drain_until(now() + settle)
-    workers = run.live_workers()
-    master_before = read_cpu(run.proc.pid)
-    workers_before = [read_cpu(p) for p in workers]
-    t0 = now()
-    run.watcher.drain_until(t0 + seconds)
-    master = read_cpu(run.proc.pid) - master_before
-    workers_ns = sum((read_cpu(p) - b).cpu_ns for p, b in zip(workers, workers_before))
-    scale = 10.0 / (now() - t0)
-    return Idle(master.cpu_ns / 1e6 * scale, master.ticks * 1000 / CLOCK_HZ * scale,
-                master.switches * scale, workers_ns / 1e6 * scale)
+@dataclass(frozen=True)
+class Respawn:
+    latency: float            # kill -> replacement ready
+    to_fork: Optional[float]  # kill -> the master's "fork" line (before_fork)
 
 
-
-def respawn_latencies(run: Launch, kills: int, gap: float) -> list["Respawn"]:
+def respawn_latencies(run: Launch, kills: int, gap: float) -> list[Respawn]:
     """SIGKILL a worker, time until its replacement reports ready; again,
     ``gap`` seconds after the replacement is ready (gunicorn's master sleeps
     up to 100 ms after each fork: a kill back-to-back with a respawn would
     time that sleep, not the reaction to a death)."""
+    run.wait_ready()
     live = run.live_workers()
     watcher = run.watcher
     latencies: list[Respawn] = []
@@ -182,10 +182,64 @@ def respawn_latencies(run: Launch, kills: int, gap: float) -> list["Respawn"]:
     return latencies
 
 
-@dataclass(frozen=True)
-class Respawn:
-    latency: float            # kill -> replacement ready
-    to_fork: Optional[float]  # kill -> the master's before_fork hook
+def kill_as_started(run: Launch, done: Callable[[int], bool],
+                    started: Callable[[int, Event], None]) -> int:
+    """Kills every worker the moment the bench reads its ready line (and,
+    first, every live one), so the server does nothing but replace workers,
+    until ``done(starts)``; calls ``started(starts, event)`` for each."""
+    run.wait_ready()
+    watcher = run.watcher
+    position = len(watcher.events)
+    for pid in run.live_workers():
+        watcher.kill(pid, signal.SIGKILL)
+    starts = 0
+    while not done(starts):
+        watcher.poll(0.2)
+        if run.gone_at(run.proc.pid) is not None:
+            raise BenchError(f"the master died during the churn: {run.describe()}")
+        events = watcher.events
+        for e in events[position:]:
+            if e.kind == "ready":
+                watcher.kill(e.pid, signal.SIGKILL)
+                starts += 1
+                started(starts, e)
+        position = len(events)
+    return starts
+
+
+def churn_rate(run: Launch, warmup: float, window: float) -> float:
+    """Starts per second, counted by the workers' own timestamps in
+    ``window`` seconds after ``warmup``."""
+    t0 = now()
+    counted = []
+    kill_as_started(run, lambda starts: now() >= t0 + warmup + window,
+                    lambda starts, e: counted.append(t0 + warmup <= e.t < t0 + warmup + window))
+    return sum(counted) / window
+
+
+@dataclass
+class ChurnMemory:
+    starts: int
+    seconds: float
+    rss_kb: list[tuple[int, int]] = field(default_factory=list)  # (starts so far, server RSS)
+
+
+def churn_memory(run: Launch, target: int, cap: float, samples: int) -> ChurnMemory:
+    """Churns to ``target`` starts (or ``cap`` seconds) and reads the
+    server's RSS before and ``samples`` times on the way."""
+    every = max(1, target // samples)
+    t0 = now()
+    result = ChurnMemory(0, 0.0)
+
+    def sample(starts: int, event: Event) -> None:
+        if starts % every == 0 and starts <= target:
+            result.rss_kb.append((starts, run.server_rss_kb()))
+    run.wait_ready()
+    result.rss_kb.append((0, run.server_rss_kb()))
+    result.starts = kill_as_started(run, lambda starts: starts >= target or now() >= t0 + cap,
+                                    sample)
+    result.seconds = now() - t0
+    return result
 
 
 @dataclass

@@ -9,11 +9,15 @@ reads, see serverengine_target.rb) plus ``bench_mode``:
 - ``normal``: the usual worker; "ready" when run() starts, stop() ends it
   (and the server records "fork" in before_fork());
 - ``stubborn``: stop() records "term" and is ignored, QUIT is recorded
-  ("quit") and survived, so the server's kill escalation runs to its SIGKILL.
+  ("quit") and survived, so the server's kill escalation runs to its SIGKILL;
+- ``http``: the server listens on 127.0.0.1:``bench_port`` and the workers
+  answer every HTTP request with the response gunicorn_app.py gives, one
+  request per connection as gunicorn's sync workers do.
 """
 import json
 import os
 import signal
+import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -21,9 +25,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyse  # noqa: E402
 from event_writer import EventWriter  # noqa: E402
 
-
 #: the server's own writer, for "fork" lines from before_fork()
 MASTER_EVENTS = None
+#: what gunicorn_app.py answers (gunicorn adds Server and Date headers)
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n"
+            b"Connection: close\r\n\r\nAwesome work!\n")
+
+
+def listen(host, port):
+    """The listening socket the HTTP workers share; the server holds it, so
+    it stays open while workers die.  When pyse's socket manager is used, this
+    function's one line becomes the socket manager's TCP listener."""
+    return socket.create_server((host, port), backlog=2048)
+
+
+class HttpServer:
+    def before_run(self):
+        self.listener = listen("127.0.0.1", self.config["bench_port"])
 
 
 class BenchWorker:
@@ -37,22 +55,53 @@ class BenchWorker:
 
     def initialize(self):
         self.flag = pyse.BlockingFlag()
-        self.stubborn = self.config.get("bench_mode") == "stubborn"
+        self.mode = self.config.get("bench_mode")
 
     def run(self):
         self.events = EventWriter()
-        if self.stubborn:
+        if self.mode == "stubborn":
             # run() is on the main thread, the only one with QUIT unblocked in
             # a pyse worker, so the handler interrupts the wait below at once.
             signal.signal(signal.SIGQUIT, lambda signo, frame: self.events.record("quit"))
         self.events.record("ready")
+        if self.mode == "http":
+            self.serve_http(self.server.listener)
+            return
         while not self.flag.wait_for_set(1.0):
             pass
 
+    def serve_http(self, listener):
+        # The timeout lets stop() be noticed between connections.
+        listener.settimeout(0.5)
+        while not self.flag.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                try:
+                    answer(conn)
+                except (ConnectionError, socket.timeout):
+                    # The client gave up on this connection (wrk does at the
+                    # end of its run): nothing is left to answer.
+                    continue
+
     def stop(self):
         self.events.record("term")
-        if not self.stubborn:
+        if self.mode != "stubborn":
             self.flag.set()
+
+
+def answer(conn):
+    """Reads one request (up to its blank line) and sends the response."""
+    conn.settimeout(5.0)
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        request += chunk
+    conn.sendall(RESPONSE)
 
 
 def load_config():
@@ -61,4 +110,5 @@ def load_config():
 
 
 if __name__ == "__main__":
-    pyse.create(None, BenchWorker, load_config).run()
+    mode = load_config().get("bench_mode")
+    pyse.create(HttpServer if mode == "http" else None, BenchWorker, load_config).run()

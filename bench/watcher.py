@@ -2,8 +2,10 @@
 into a FIFO (event_writer.py) and the deaths of watched processes (pidfds).
 
 Everything the bench waits for is a predicate over ``Watcher.events``, with
-a deadline; nothing polls on a timer.  Also: the /proc readings for idle CPU
-and the subreaper that brings orphaned workers back to the bench for reaping.
+a deadline; nothing polls on a timer.  Servers here run up to 1024 workers
+and churn through thousands, so the watcher keeps indexes (the latest ready
+and death of each pid) instead of letting callers rescan the whole stream,
+and waits with poll(2), which has no FD_SETSIZE limit.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Event:
-    kind: str     # "ready", "term", "quit" (from a worker) or "gone" (pidfd)
+    kind: str     # "ready", "fork", "term", "quit" (from a process) or "gone" (pidfd)
     pid: int
     t: float      # CLOCK_MONOTONIC seconds
 
@@ -43,58 +45,79 @@ class Watcher:
         # Our own writer keeps the FIFO from reading as end-of-file (and poll
         # from reporting POLLHUP forever) between two engines' workers.
         self.keep_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        self.poller = select.poll()
+        self.poller.register(self.read_fd, select.POLLIN)
         self.events: list[Event] = []
-        self.pidfds: dict[int, int] = {}   # fd -> pid
+        self.pidfds: dict[int, int] = {}      # fd -> pid
+        self.fd_of: dict[int, int] = {}       # pid -> fd
+        #: index in ``events`` of each pid's latest "ready" and of its death
+        #: after that ready (a recycled pid starts a new life at its ready).
+        self.ready_index: dict[int, int] = {}
+        self.gone_index: dict[int, int] = {}
         self._partial = b""
 
     def close(self) -> None:
         for fd in list(self.pidfds):
             os.close(fd)
         self.pidfds.clear()
+        self.fd_of.clear()
         os.close(self.read_fd)
         os.close(self.keep_fd)
 
+    def _append(self, event: Event) -> None:
+        index = len(self.events)
+        self.events.append(event)
+        if event.kind == "ready":
+            self.ready_index[event.pid] = index
+            self.gone_index.pop(event.pid, None)
+        elif event.kind == "gone":
+            self.gone_index[event.pid] = index
+
     def watch(self, pid: int) -> None:
         """Adds a "gone" event when ``pid`` exits (zombies count as gone).
-        Pids are recycled (pid_max is often 32768 and other test suites
-        fork thousands), so a pid seen before is watched again: only a pid
-        with a pidfd open now is skipped."""
-        if pid in self.pidfds.values():
+        Pids are recycled (other test suites fork thousands), so a pid seen
+        before is watched again: only a pid with a pidfd open now is skipped."""
+        if pid in self.fd_of:
             return
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
-            self.events.append(Event("gone", pid, now()))
+            self._append(Event("gone", pid, now()))
             return
         self.pidfds[fd] = pid
+        self.fd_of[pid] = fd
+        self.poller.register(fd, select.POLLIN)
 
     def kill(self, pid: int, signo: int) -> bool:
         """Signals a watched process through its pidfd, so a recycled pid is
-        never hit; False if it is already gone."""
-        for fd, watched in self.pidfds.items():
-            if watched == pid:
-                try:
-                    signal.pidfd_send_signal(fd, signo)
-                    return True
-                except ProcessLookupError:
-                    return False
-        return False
+        never hit; False if it is already gone (or not watched)."""
+        fd = self.fd_of.get(pid)
+        if fd is None:
+            return False
+        try:
+            signal.pidfd_send_signal(fd, signo)
+            return True
+        except ProcessLookupError:
+            return False
 
     def poll(self, timeout: float) -> None:
         """Waits up to ``timeout`` s for anything, and records what came."""
-        ready, _, _ = select.select([self.read_fd, *self.pidfds], [], [], max(timeout, 0.0))
+        ready = self.poller.poll(max(timeout, 0.0) * 1000)
         seen = now()
-        for fd in ready:
+        for fd, _ in ready:
             if fd == self.read_fd:
                 self._read_lines()
-            else:
-                self.events.append(Event("gone", self.pidfds.pop(fd), seen))
+            elif fd in self.pidfds:
+                pid = self.pidfds.pop(fd)
+                del self.fd_of[pid]
+                self.poller.unregister(fd)
                 os.close(fd)
+                self._append(Event("gone", pid, seen))
 
     def _read_lines(self) -> None:
         while True:
             try:
-                chunk = os.read(self.read_fd, 65536)
+                chunk = os.read(self.read_fd, 1 << 20)
             except BlockingIOError:
                 return
             if not chunk:
@@ -104,9 +127,10 @@ class Watcher:
             for line in lines:
                 kind, pid, t = line.decode().split()
                 event = Event(kind, int(pid), float(t))
-                self.events.append(event)
+                self._append(event)
                 if kind == "ready":
-                    # Watch at once, so a death is never missed.
+                    # Watch at once, so a death is never missed (a worker
+                    # already gone gets its "gone" right after its "ready").
                     self.watch(event.pid)
 
     def wait_for(self, predicate: Callable[[], Optional[T]], timeout: float, what: str) -> T:
@@ -129,38 +153,6 @@ class Watcher:
         return [e for e in self.events[mark:] if e.kind == kind]
 
 
-# -- /proc ---------------------------------------------------------------------
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class CpuReading:
-    cpu_ns: int        # on-CPU time of every thread (schedstat), nanoseconds
-    ticks: int         # utime + stime of the process, clock ticks
-    switches: int      # voluntary + involuntary context switches, every thread
-
-    def __sub__(self, other: "CpuReading") -> "CpuReading":
-        return CpuReading(self.cpu_ns - other.cpu_ns, self.ticks - other.ticks,
-                          self.switches - other.switches)
-
-
-def read_cpu(pid: int) -> CpuReading:
-    """CPU used so far by ``pid``.  Threads that exited are not counted."""
-    cpu_ns = switches = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            cpu_ns += int((task / "schedstat").read_text().split()[0])
-            for line in (task / "status").read_text().splitlines():
-                if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
-                    switches += int(line.split()[1])
-        except FileNotFoundError:
-            continue  # the thread exited between listing and reading
-    # utime and stime are fields 14 and 15; the command name (field 2) may
-    # hold spaces, so count from its closing parenthesis.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return CpuReading(cpu_ns, int(fields[11]) + int(fields[12]), switches)
-
-
 def become_subreaper() -> None:
     """Orphaned workers are re-parented to us, so we can reap them."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -179,6 +171,24 @@ def reap_children() -> int:
             return 0
         if pid == 0:
             return len(list_children())
+
+
+def reap_leftovers(timeout: float) -> list[int]:
+    """Waits up to ``timeout`` s for the children still here (orphans that
+    came back to the subreaper while dying) and reaps them; returns those
+    still running after that."""
+    deadline = time.monotonic() + timeout
+    for pid in list_children():
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+    reap_children()
+    return list_children()
 
 
 def list_children() -> list[int]:
