@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Protocol
 
 from pyse import lowlevel, privilege
 from pyse.lowlevel import Event, EventKind, KillConfig
@@ -154,6 +154,26 @@ def setup_child(role: ChildRole, parent_pid: int, parent_loop: Optional[lowlevel
 
 # -- the parent's side ----------------------------------------------------------------
 
+class Watcher(Protocol):
+    """Something the loop of a forking process serves besides its children,
+    without a thread and without ever blocking the loop (the socket
+    manager's broker, the control socket, the config channel to workers):
+    a sans-I/O object the loop tells when its fds are ready and when its
+    deadline has come."""
+
+    def watches(self) -> Iterable[tuple[int, bool, bool]]:
+        """(fd, want readable, want writable) for each fd to watch now."""
+
+    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
+        """fd is ready; must not block."""
+
+    def next_deadline(self) -> Optional[float]:
+        """When handle_deadline() should run next (None: no deadline)."""
+
+    def handle_deadline(self, now: float) -> None:
+        """The deadline has come (or passed)."""
+
+
 @dataclass
 class Child:
     """What this process knows of one child it forked."""
@@ -183,6 +203,9 @@ class ProcessManager:
         self.private_fds: list[int] = []
         self._lifeline: Optional[tuple[int, int]] = None
         self._owns_loop = False
+        self.watchers: list[Watcher] = []
+        #: fd -> (its watcher, readable, writable), as the loop watches it now
+        self._watched: dict[int, tuple[Watcher, bool, bool]] = {}
 
     # -- the loop ------------------------------------------------------------
     def open(self) -> None:
@@ -233,7 +256,10 @@ class ProcessManager:
         assert self.loop is not None and self._lifeline is not None, "open() first"
         heartbeat_r, heartbeat_w = os.pipe()
         lifeline_r, lifeline_w = self._lifeline
-        close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *close_in_child]
+        # The fds our watchers serve (a broker's sockets, its clients) are
+        # ours alone: a child holding one would keep a client waiting on it.
+        close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *self._watched,
+                     *close_in_child]
         parent_pid = os.getpid()
         # Block our signals across the fork: until the child has dropped our
         # handlers, a signal sent to it would land in our self-pipe and look
@@ -296,15 +322,72 @@ class ProcessManager:
                 except ProcessLookupError:
                     pass  # reaped in this batch; its EXITED event follows
 
+    # -- watchers ------------------------------------------------------------
+    def add_watcher(self, watcher: Watcher) -> None:
+        self.watchers.append(watcher)
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        if watcher in self.watchers:
+            self.watchers.remove(watcher)
+        self._sync_watches()
+
+    def _sync_watches(self) -> None:
+        """Tells the loop what the watchers want watched now."""
+        wanted: dict[int, tuple[Watcher, bool, bool]] = {}
+        for watcher in self.watchers:
+            for fd, readable, writable in watcher.watches():
+                wanted[fd] = (watcher, readable, writable)
+        if self.loop is None:
+            self._watched = {}
+            return
+        for fd in self._watched.keys() - wanted.keys():
+            self.loop.unwatch_fd(fd)
+        for fd, (watcher, readable, writable) in wanted.items():
+            if self._watched.get(fd, (None, None, None))[1:] != (readable, writable):
+                self.loop.watch_fd(fd, readable, writable)
+        self._watched = wanted
+
+    def _watchers_deadline(self, deadline: Optional[float]) -> Optional[float]:
+        for watcher in self.watchers:
+            due = watcher.next_deadline()
+            if due is not None and (deadline is None or due < deadline):
+                deadline = due
+        return deadline
+
+    def _serve_watchers(self, ready: list[Event]) -> None:
+        now = lowlevel.now()
+        for event in ready:
+            entry = self._watched.get(event.pid)
+            if entry is None:
+                continue  # unwatched since
+            self._guarded(entry[0].handle_ready, event.pid, bool(event.status & lowlevel.READABLE),
+                          bool(event.status & lowlevel.WRITABLE), now)
+        for watcher in list(self.watchers):
+            due = watcher.next_deadline()
+            if due is not None and due <= now:
+                self._guarded(watcher.handle_deadline, now)
+
+    def _guarded(self, call: Callable[..., None], *args: object) -> None:
+        # A watcher's bug must not take the supervision loop down with it.
+        try:
+            call(*args)
+        except Exception:
+            self.logger.exception("%s raised; the loop goes on", getattr(call, "__qualname__", call))
+
     # -- waiting -------------------------------------------------------------
     def wait(self, deadline: Optional[float]) -> list[Event]:
         """What happened, for the owner to act on: SIGNAL, EXITED (the child
         left :attr:`children`), HEARTBEAT (a child is up), PARENT_GONE,
-        FD_READY, TIMER, WAKEUP.  What the escalation did is logged here."""
+        TIMER, WAKEUP.  What the escalation did is logged here; ready fds
+        and deadlines of the watchers are served here."""
         assert self.loop is not None
+        self._sync_watches()
         out = []
-        for event in self.loop.wait(deadline):
-            if event.kind is EventKind.EXITED:
+        ready = []
+        for event in self.loop.wait(self._watchers_deadline(deadline)):
+            if event.kind is EventKind.FD_READY:
+                ready.append(event)
+            elif event.kind is EventKind.EXITED:
                 self.children.pop(event.pid, None)
                 out.append(event)
             elif event.kind in _CHILD_NEWS:
@@ -316,6 +399,8 @@ class ProcessManager:
                         out.append(event)
             else:
                 out.append(event)
+        if ready or self.watchers:
+            self._serve_watchers(ready)
         return out
 
     def log_child_event(self, child: Child, event: Event) -> None:
