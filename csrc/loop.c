@@ -325,11 +325,24 @@ static int read_signals(struct pyse_loop *loop)
     }
 }
 
+static int read_child_pipe(struct pyse_loop *loop, struct child *c, int64_t now);
+
 static int report_exit(struct pyse_loop *loop, int pid, int status)
 {
     struct child *c = find_child(loop, pid);
-    if (c != NULL)
+    if (c != NULL) {
+        /* A child that beat and died at once: its first beat is still in
+         * the pipe, and the owner must hear that it was up before it
+         * hears that it exited. */
+        if (!c->beaten && c->heartbeat_fd >= 0 && !(c->flags & PYSE_CHILD_REAPED)) {
+            int64_t now;
+            c->flags |= PYSE_CHILD_REAPED; /* the pipe's EOF must not peek or stop */
+            c->monitor.gone = 1;
+            if (pyse_clock_now(&now) < 0 || read_child_pipe(loop, c, now) < 0)
+                return -1;
+        }
         remove_child(loop, c);
+    }
     return queue_event(loop, PYSE_EV_EXITED, pid, status, 0);
 }
 
@@ -473,6 +486,8 @@ static int read_child_pipe(struct pyse_loop *loop, struct child *c, int64_t now)
     pyse__close_keeping_errno(c->heartbeat_fd);
     c->heartbeat_fd = -1;
     c->monitor.watch_heartbeat = 0;
+    if (c->flags & PYSE_CHILD_REAPED)
+        return 0; /* being reported as exited right now: that says it all */
     if (queue_event(loop, PYSE_EV_CLOSED, c->pid, 0, read_errno) < 0)
         return -1;
     for (;;) {

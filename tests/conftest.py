@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -57,6 +58,7 @@ def _record_fork() -> None:
 def pytest_configure(config: pytest.Config) -> None:
     global _fork_log_path
     os.environ[helpers.MARKER_ENV] = uuid.uuid4().hex
+    helpers.session_tmpdir()
     fd, _fork_log_path = tempfile.mkstemp(prefix="pyse-test-forks-")
     os.close(fd)
     os.register_at_fork(after_in_child=_record_fork)
@@ -165,6 +167,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _fork_log_path is not None:
         with contextlib.suppress(OSError):
             os.unlink(_fork_log_path)
+    shutil.rmtree(os.environ.get(helpers.TMPDIR_ENV, ""), ignore_errors=True)
     if not left:
         return
     message = (f"pyse no-leftovers check: {len(left)} process(es) or zombie(s) "

@@ -56,11 +56,26 @@ def session_marker() -> str:
     return value
 
 
+TMPDIR_ENV = "PYSE_TEST_TMPDIR"
+
+
+def session_tmpdir() -> str:
+    """A directory of this session's own (conftest removes it at the end)."""
+    path = os.environ.get(TMPDIR_ENV)
+    if not path:
+        import tempfile
+
+        path = os.environ[TMPDIR_ENV] = tempfile.mkdtemp(prefix="pyse-test-session-")
+    return path
+
+
 def marked_env(extra: Optional[dict] = None) -> dict:
     """os.environ plus the session marker plus ``extra``: the environment of
-    every process a test starts."""
+    every process a test starts.  Its TMPDIR is the session's own directory,
+    so what those programs leave there (sigdumps) goes with the session."""
     env = dict(os.environ)
     env[MARKER_ENV] = session_marker()
+    env["TMPDIR"] = session_tmpdir()
     env.update(extra or {})
     return env
 

@@ -160,7 +160,27 @@ def test_several_bad_values_are_reported_together_when_running(app_dir):
     assert "2 problems" in line and "'workers'" in line and "'worker_type'" in line
 
 
-def test_a_hook_that_raises_in_the_foreground_is_one_line_and_exit_1(app_dir):
+def test_a_server_hook_that_raises_in_the_foreground_is_one_line_and_exit_1(app_dir):
+    write(app_dir, "hooks.py", """
+        class S:
+            def before_run(self):
+                raise RuntimeError("no database")
+        class W:
+            def run(self):
+                pass
+    """)
+    result = pyse_command("run", "hooks:W", "--server", "hooks:S", cwd=app_dir)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "pyse: the server failed: RuntimeError: no database" in result.stderr
+    assert "hooks.py, line 4" in result.stderr
+
+
+@pytest.mark.parametrize("worker_type", ["embedded", "thread", "process"])
+def test_workers_that_cannot_start_fail_the_start_with_exit_3(app_dir, worker_type):
+    """A worker whose initialize() raises at the first start: the server
+    stops (gunicorn's "worker failed to boot"), the log has the traceback
+    and the command says why in one line."""
     write(app_dir, "hooks.py", """
         class W:
             def initialize(self):
@@ -168,11 +188,11 @@ def test_a_hook_that_raises_in_the_foreground_is_one_line_and_exit_1(app_dir):
             def run(self):
                 pass
     """)
-    result = pyse_command("run", "hooks:W", cwd=app_dir)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "pyse: the server failed: RuntimeError: no database" in result.stderr
-    assert "hooks.py, line 4" in result.stderr
+    result = pyse_command("run", "hooks:W", "-k", worker_type, cwd=app_dir)
+    assert result.returncode == 3, result.stderr
+    assert "RuntimeError: no database" in result.stderr, "the log (stderr) has the reason"
+    assert result.stderr.rstrip().splitlines()[-1] == \
+        "pyse: cannot start: worker 0 failed to start: RuntimeError: no database"
 
 
 def test_python_dash_m_pyse_is_the_same_command(tmp_path):

@@ -49,6 +49,8 @@ BAD_VALUES: dict[str, tuple[object, str]] = {
     "restart_backoff_base": (-1, "number >= 0"),
     "restart_backoff_max": ([30], "number >= 0"),
     "restart_backoff_reset": (float("-inf"), "number >= 0"),
+    "restart_max_count": (-1, "an integer >= 0"),
+    "restart_max_window": (0, "a number of seconds greater than 0"),
     "worker_process_name": ("w-%d-%d", "at most one %d or %s"),
     "worker_heartbeat_interval": (0.0, "greater than 0"),
     "worker_heartbeat_timeout": ("180", "greater than 0"),

@@ -203,7 +203,8 @@ def test_respawn_latency_and_no_leaks(run_server):
     """SIGKILL workers again and again: the count stays exact, no zombies,
     no leaked fds; prints the respawn latency."""
     kills = int(os.environ.get("PYSE_TEST_KILLS", "200"))
-    run = run_server({"workers": 4, "log_level": "info"})
+    # Backoff off: these kills measure the respawn itself.
+    run = run_server({"workers": 4, "log_level": "info", "restart_backoff_base": 0})
     run.wait_workers(4)
     fds_before = open_fds(run.pid)
     latencies = []
@@ -217,7 +218,9 @@ def test_respawn_latency_and_no_leaks(run_server):
         latencies.append(new[0].time - t0)
     pids = run.wait_workers(4)
     assert zombie_children(run.pid) == []
-    assert open_fds(run.pid).keys() == fds_before.keys()
+    # The same number of fds (each worker's pipes are new ones, their numbers
+    # may differ): nothing piled up.
+    assert len(open_fds(run.pid)) == len(fds_before), (fds_before, open_fds(run.pid))
     latencies.sort()
     print(f"respawn latency over {kills} kills: median {statistics.median(latencies)*1000:.2f} ms,"
           f" p99 {latencies[int(len(latencies) * 0.99) - 1]*1000:.2f} ms")
@@ -251,7 +254,7 @@ def test_process_server_has_one_thread_while_forking(run_server, tmp_path):
     child would deadlock on it.  So it runs no thread at all, not even with
     a log file and fd 1/2 capture on, while workers start and restart."""
     run = run_server({"workers": 3, "log": str(tmp_path / "tree.log"),
-                      "log_stdout": True, "log_stderr": True})
+                      "log_stdout": True, "log_stderr": True, "restart_backoff_base": 0})
     run.wait_workers(3)
     assert thread_count(run.pid) == 1
     for i in range(20):

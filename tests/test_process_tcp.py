@@ -24,6 +24,7 @@ def free_port() -> int:
 def test_no_connection_refused_while_workers_are_killed(tmp_path):
     port = free_port()
     run = RecorderRun(tmp_path, {"workers": 4, "test_server": "tcp", "test_port": port,
+                                 "restart_backoff_base": 0,
                                  "log_level": "info"})
     try:
         run.wait_workers(4)

@@ -176,3 +176,51 @@ def test_disable_sigdump(start_log_run, tmp_path):
     run.wait_events("reload", 1, 10)
     assert list(dumps.iterdir()) == []
     assert run.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_cont_right_after_term_writes_no_dump(start_log_run, tmp_path):
+    """systemd and timeout(1) send CONT right after their TERM: a stopping
+    tree writes no dump."""
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    run = start_log_run({"workers": 2}, env={"TMPDIR": str(dumps)})
+    workers = [pid for _, pid in run.wait_events("run", 2, 30)]
+    run.proc.send_signal(signal.SIGTERM)
+    run.proc.send_signal(signal.SIGCONT)
+    for pid in workers:   # and as systemd's KillMode=control-group does, to every process
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
+    assert run.proc.wait(20) == 0
+    assert list(dumps.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_sigdump_signal_and_path_come_from_the_environment(start_log_run, tmp_path):
+    """As with Ruby's sigdump: SIGDUMP_SIGNAL picks the signal, SIGDUMP_PATH
+    one file that every process of the tree appends its dump to."""
+    target = tmp_path / "all-dumps.log"
+    run = start_log_run({"workers": 2}, env={"SIGDUMP_SIGNAL": "WINCH",
+                                             "SIGDUMP_PATH": str(target)})
+    workers = [pid for _, pid in run.wait_events("run", 2, 30)]
+    run.proc.send_signal(signal.SIGWINCH)
+    helpers.wait_for(lambda: target.exists() and all(
+        f"process {pid} " in target.read_text() for pid in [run.pid, *workers]), 10,
+        what="one dump from the server and from each worker in the one file")
+    run.wait_log(f"Wrote sigdump to {target}", 10)
+    assert run.stop() == 0
+
+
+def test_sigdump_signal_must_be_free():
+    from pyse.signals import dump_signal
+    assert dump_signal({"SIGDUMP_SIGNAL": "TERM"}) == signal.SIGCONT, "TERM means stop"
+    assert dump_signal({"SIGDUMP_SIGNAL": "nonsense"}) == signal.SIGCONT
+    assert dump_signal({"SIGDUMP_SIGNAL": "sigwinch"}) == signal.SIGWINCH
+    assert dump_signal({"SIGDUMP_SIGNAL": str(int(signal.SIGTSTP))}) == signal.SIGTSTP
+    assert dump_signal({}) == signal.SIGCONT
+
+
+def test_sigdump_path_dash_is_stdout(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("SIGDUMP_PATH", "-")
+    assert sigdump.dump() == "stdout"
+    assert "Sigdump at" in capfd.readouterr().out

@@ -82,8 +82,16 @@ def test_heartbeat_timeout_applies_once_a_command_has_beaten(run_hooks):
     assert run.wait_exit(10) == 0
 
 
-def test_a_missing_command_is_logged_and_retried_with_backoff(run_hooks):
-    run = run_hooks(dict(SPAWN, workers=1, test_spawn_missing=True, restart_backoff_base=0.2))
+def test_a_missing_command_at_the_first_start_fails_the_start(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=1, test_spawn_missing=True))
+    run.wait_log("cannot run '/nonexistent/pyse-test-command': No such file or directory")
+    assert run.wait_exit(10) == 3
+    run.wait_log("The first start of the workers failed (worker 0 failed to start: it ended "
+                 "with status 127 before it was up): stopping")
+
+
+def test_a_command_missing_later_is_logged_and_retried_with_backoff(run_hooks):
+    run = run_hooks(dict(SPAWN, workers=1, test_spawn_missing="later", restart_backoff_base=0.2))
     run.wait_log("cannot run '/nonexistent/pyse-test-command': No such file or directory")
     run.wait_log("finished unexpectedly with status 127")
     run.wait_log("restarting it in")
@@ -132,7 +140,7 @@ class FakeServer:
 
     def spawn_command(self, worker_id, argv, env):
         self.calls.append((worker_id, argv, env))
-        return 4242
+        return 4242, True
 
 
 @pytest.mark.parametrize("args, argv", [
@@ -172,7 +180,8 @@ def test_process_manager_spawns_once_and_needs_a_command():
 def test_restarting_commands_leak_no_fd(run_hooks):
     """A command that exits at once is restarted again and again: the
     server's fds (heartbeat pipes, exec-error pipes) do not pile up."""
-    run = run_hooks(dict(SPAWN, workers=2, test_spawn_cmd=["/bin/true"], log_level="info"))
+    run = run_hooks(dict(SPAWN, workers=2, test_spawn_cmd=["/bin/true"], log_level="info",
+                         restart_backoff_base=0))
     wait_until(lambda: run.log().count("finished unexpectedly with status 0") >= 20, 20,
                "20 exits")
     early = len(open_fds(run.pid))

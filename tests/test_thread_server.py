@@ -112,7 +112,8 @@ def test_broken_config_at_reload_leaves_the_server_unchanged(run_hooks):
 
 
 def test_restarting_workers_leak_no_thread(run_hooks):
-    run = run_hooks(dict(THREAD, workers=2, test_raise_always=True, log_level="info"))
+    run = run_hooks(dict(THREAD, workers=2, test_raise_always=True, log_level="info",
+                         restart_backoff_base=0))
     text = "finished unexpectedly with an exception"
     wait_until(lambda: run.log().count(text) >= 20, 20, "20 failed runs")
     early = len(os.listdir(f"/proc/{run.pid}/task"))

@@ -112,7 +112,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except TypeError as e:  # a worker that is not a class, or has no run()
         raise CommandError(str(e)) from e
     try:
-        return daemon.main()
+        status = daemon.main()
+        failure = getattr(daemon.server, "start_failure", None)
+        if failure and not daemon.config["daemonize"]:
+            print(f"pyse: cannot start: {failure}", file=sys.stderr)
+        return status
     except Exception as e:
         # A user hook (initialize, before_run...) that raised in the
         # foreground: one line naming the exception and where it was raised.

@@ -346,13 +346,20 @@ _KEY_LIST: List[Key] = [
         "seconds between two worker starts", reload=True),
     Key("start_worker_delay_rand", 0.2, number(0), "Workers",
         "random part of the delay: delay + random()*delay*rand - delay*rand/2", reload=True),
-    Key("restart_backoff_base", 0, number(0), "Workers",
-        "crash-loop backoff: first delay before restarting a slot that keeps dying; 0 = off",
+    Key("restart_backoff_base", 1.0, number(0), "Workers",
+        "crash-loop backoff: a worker that dies unexpectedly is restarted at once; if it "
+        "dies again, its slot waits this long, then twice as long each time; 0 = off",
         reload=True),
     Key("restart_backoff_max", 30, number(0), "Workers",
         "the backoff delay doubles up to this many seconds", reload=True),
     Key("restart_backoff_reset", 60, number(0), "Workers",
         "a worker that lived this long resets its slot's backoff", reload=True),
+    Key("restart_max_count", 0, integer(0), "Workers",
+        "restart intensity: after this many restarts of unexpectedly exited workers within "
+        "restart_max_window seconds, the next one stops the server with exit code 75 "
+        "(EX_TEMPFAIL) instead; 0 = no limit", reload=True),
+    Key("restart_max_window", 60, number(positive=True), "Workers",
+        "the window of restart_max_count, in seconds", reload=True),
     # Process workers
     Key("worker_process_name", None, process_name_format, "Process workers",
         "process title of each worker, a format with one %d or %s for the worker id",

@@ -44,7 +44,8 @@ from pyse.spawn_server import SpawnServer
 from pyse.supervisor import Supervisor
 from pyse.thread_server import ThreadServer
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
-                          IMMEDIATE_STOP, RELOAD)
+                          IMMEDIATE_STOP, RELOAD, SERVER_SIGNALS, hold_signals,
+                          stop_holding_signals)
 from pyse.worker import Worker, mix_in
 
 #: worker_type -> the server class that runs that type of worker
@@ -103,6 +104,15 @@ class Daemon:
         if self.config["daemonize"]:
             return launch(self, pid_file, error_code)
         self.pid = os.getpid()
+        # From the pid file's appearance on, a signal must reach the server's
+        # loop, which takes them over only once the server runs.
+        hold_signals(SERVER_SIGNALS)
+        try:
+            return self.serve_foreground(pid_file, error_code)
+        finally:
+            stop_holding_signals()
+
+    def serve_foreground(self, pid_file: Optional[pidfile.PidFile], error_code: int) -> int:
         if pid_file is not None:
             try:
                 pid_file.publish(self.pid)
@@ -189,6 +199,7 @@ class Daemon:
             server.private_fds.extend(private_fds)
         if ready is not None:
             server.when_ready = ready.ready
+            server.when_start_failed = ready.failed
         return server
 
     def run_reporting(self, server: Server, ready: ReadyPipe) -> int:

@@ -18,8 +18,9 @@ from typing import Any, Optional
 
 from pyse import lowlevel
 from pyse.in_process_server import InProcessServer
-from pyse.multi_worker_server import judge_worker_exit
-from pyse.restart_policy import SlotHistory, StartTiming
+from pyse.multi_worker_server import (EXIT_START_FAILED, ExitVerdict, judge_worker_exit,
+                                      restart_limit_reached)
+from pyse.restart_policy import RestartIntensity, SlotHistory, StartTiming, backoff_delay
 from pyse.worker import Worker
 
 
@@ -48,6 +49,11 @@ class EmbeddedServer(InProcessServer):
         self._restarting: Optional[Worker] = None
         self._wake = threading.Event()
         super().__init__(*args, **kwargs)
+        self.restart_intensity = RestartIntensity.from_config(self.config)
+
+    def apply_config(self, config: dict) -> None:
+        super().apply_config(config)
+        self.restart_intensity.reconfigure(config)
 
     def run(self) -> None:
         self.start_control()
@@ -61,27 +67,62 @@ class EmbeddedServer(InProcessServer):
             self.post(None)
             server_thread.join()
 
+    waits_for_workers = True
+
     def run_until_stop(self) -> None:
         history = SlotHistory()
         while True:
-            worker = self.create_worker(0)
+            worker = self.start_worker_0(history)
+            if worker is None:
+                if self._stop:
+                    return
+                continue
             with self._lock:
                 # Checked under the lock that stop() takes to find the
                 # worker: either this sees _stop, or stop() sees this worker.
                 if self._stop:
                     return
                 self.worker = worker
+            self.announce_ready()
             history.record_start(lowlevel.now())
             description, code = run_worker(worker, self.logger)
             with self._lock:
                 self.worker = None
                 asked = self._stop or self._restarting is worker
-            delay = judge_worker_exit(self, 0, history, StartTiming.from_config(self.config),
-                                      description, code, asked, not self._stop, lowlevel.now())
-            if delay is None:
-                return   # an unrecoverable exit code ends the server
-            if delay > 0 and not self._stop:
+            verdict, delay = judge_worker_exit(
+                self, 0, history, StartTiming.from_config(self.config), self.restart_intensity,
+                description, code, asked, not self._stop, lowlevel.now())
+            if verdict is not ExitVerdict.RESTART:
+                # An unrecoverable exit code or the restart intensity ends
+                # the server (a stop ends it too: IDLE).
+                return
+            if delay > 0:
                 self._wake.wait(delay)   # stop() sets it
+
+    def start_worker_0(self, history: SlotHistory) -> Optional[Worker]:
+        """A new worker object (its initialize() runs), or None when that
+        failed: a crash like any other, after which this waits out the
+        backoff (or the server stops, its status set)."""
+        try:
+            return self.create_worker(0)
+        except Exception as e:
+            self.logger.exception("Worker 0 failed to start")
+            reason = f"{type(e).__name__}: {e}"
+        now = lowlevel.now()
+        history.record_failed_start(now)
+        if history.starts == 0:
+            self.announce_start_failure(f"worker 0 failed to start: {reason}")
+            self.stop_status = EXIT_START_FAILED
+            self._stop = True
+        elif not self.restart_intensity.allow(now):
+            restart_limit_reached(self, 0, self.restart_intensity)
+            self._stop = True
+        else:
+            timing = StartTiming.from_config(self.config)
+            delay = backoff_delay(history.failures, timing.backoff_base, timing.backoff_max)
+            if delay > 0:
+                self._wake.wait(delay)   # stop() sets it
+        return None
 
     # -- signals (on the server thread) ------------------------------------
     def stop(self, stop_graceful: bool) -> None:

@@ -33,7 +33,7 @@ from pyse import lowlevel
 from pyse.lowlevel import EventKind
 from pyse.process_manager import ParentLink
 from pyse.server import Server
-from pyse.signals import SERVER_SIGNALS, signal_name
+from pyse.signals import SERVER_SIGNALS, replay_held_signals, signal_name
 from pyse.worker import Worker
 
 
@@ -92,6 +92,7 @@ class ControlThread:
             if given is None:
                 # Last: from here on a TERM is ours, not the default action.
                 loop.own_signals(SERVER_SIGNALS)
+                replay_held_signals()
         except BaseException:
             loop.close()
             self._close_wakeup()

@@ -58,14 +58,20 @@ def level_of(name: str) -> int:
 
 
 def set_level(logger: logging.Logger, name: Optional[str]) -> None:
-    """setLevel, then forget the logger's cached isEnabledFor answers.
-    logging clears those caches only for loggers registered in its manager
-    (logging.getLogger); ours is private to this LogSetup, so without this a
-    reloaded log_level would not apply to levels already asked about."""
     logger.setLevel(level_of(name or "debug"))
-    cache = getattr(logger, "_cache", None)
-    if isinstance(cache, dict):
-        cache.clear()
+
+
+def private_logger(cls: type[logging.Logger], name: str) -> logging.Logger:
+    """A logger of its own, outside logging.getLogger()'s registry (a
+    program's own "pyse" logger stays the program's), whose setLevel() still
+    works: logging clears the isEnabledFor cache of the loggers its manager
+    knows, so this one gets a manager that knows it.  Without that, a user's
+    ``self.logger.setLevel()`` would not apply to levels already asked about."""
+    logger = cls(name)
+    manager = logging.Manager(logging.getLogger())
+    manager.loggerDict[name] = logger
+    logger.manager = manager
+    return logger
 
 
 def threads_allowed(config: dict[str, Any]) -> bool:
@@ -104,8 +110,7 @@ class LogSetup:
             self.owned = False
             return
         self.owned = True
-        cls = config["logger_class"] or logging.Logger
-        self.logger = cls("pyse")
+        self.logger = private_logger(config["logger_class"] or logging.Logger, "pyse")
         self.logger.propagate = False
         set_level(self.logger, config["log_level"])
 
@@ -201,22 +206,6 @@ class LogSetup:
         """USR2: the log file again from its path (logrotate renamed it)."""
         if isinstance(self.handler, SharedFileHandler):
             self.handler.file.reopen()
-
-    def reload_in_child(self, config_source: Any) -> None:
-        """A worker's USR2.  The server reloaded its configuration, but a
-        worker process never sees that copy, so it reads ``log``,
-        ``log_level`` and ``log_format`` from the same source, then reopens.
-        Raises ConfigError or OSError (its logging unchanged, still
-        reopened)."""
-        try:
-            if self.owned and config_source is not None and not self.config["disable_reload"]:
-                from pyse import config as config_mod
-
-                new = config_mod.load(config_source)
-                self.apply_config(dict(self.config, log=new["log"], log_level=new["log_level"],
-                                       log_format=new["log_format"]))
-        finally:
-            self.reopen()
 
     def apply_config(self, config: dict[str, Any]) -> None:
         """Puts a reloaded ``log``, ``log_level`` and ``log_format`` into

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pyse import restart_policy
-from pyse.restart_policy import SlotHistory, StartTiming
+from pyse.restart_policy import RestartIntensity, SlotHistory, StartTiming
 from pyse.server import Server
 
 
@@ -71,14 +71,45 @@ class WorkerSlot:
         return self.state in (SlotState.RUNNING, SlotState.STOPPING)
 
 
+#: the exit status of a server stopped by the restart intensity limit:
+#: EX_TEMPFAIL, "try again later", for what runs the server
+EXIT_RESTART_LIMIT = 75
+
+
+def restart_limit_reached(server: Server, worker_id: int, intensity: RestartIntensity) -> None:
+    """Says, once and clearly, why the server stops, and sets its status
+    (the caller stops it)."""
+    server.stop_status = EXIT_RESTART_LIMIT
+    server.logger.error("Worker %d would be the %s restart within %g s (restart_max_count is "
+                        "%d): stopping the server with exit status %d", worker_id,
+                        _ordinal(intensity.max_count + 1), intensity.window, intensity.max_count,
+                        EXIT_RESTART_LIMIT)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+class ExitVerdict(enum.Enum):
+    RESTART = "restart"              # start the slot again after the delay
+    IDLE = "idle"                    # not wanted any more (stopping, scaled down)
+    UNRECOVERABLE = "unrecoverable"  # its exit code says: never again
+    GIVE_UP = "give up"              # the restart intensity is exceeded
+
+
 def judge_worker_exit(server: Server, worker_id: int, history: SlotHistory, timing: StartTiming,
-                      description: str, exit_code: Optional[int], stop_requested: bool,
-                      restart_wanted: bool, now: float) -> Optional[float]:
+                      intensity: RestartIntensity, description: str, exit_code: Optional[int],
+                      stop_requested: bool, restart_wanted: bool,
+                      now: float) -> tuple[ExitVerdict, float]:
     """What every server with worker slots does when a worker ends: logs it
     (an unexpected end at warning), counts it in the slot's history, and
-    returns the backoff before the slot may start again, or None when the
-    exit code is one of ``unrecoverable_exit_codes`` (then the server's
-    exit status is that code, and the slot is not restarted)."""
+    decides the slot's future: (verdict, backoff before its next start).
+
+    An exit code in ``unrecoverable_exit_codes`` makes it the server's exit
+    status; an unexpected exit beyond the restart intensity makes the
+    server's exit status :data:`EXIT_RESTART_LIMIT` (the caller stops the
+    server)."""
     server.logger.log(logging.INFO if stop_requested else logging.WARNING,
                       "Worker %d finished%s with %s", worker_id,
                       "" if stop_requested else " unexpectedly", description)
@@ -87,19 +118,37 @@ def judge_worker_exit(server: Server, worker_id: int, history: SlotHistory, timi
         server.stop_status = exit_code
         server.logger.error("Worker %d exited with unrecoverable code %d: not restarting it",
                             worker_id, exit_code)
-        return None
-    if restart_wanted and delay > 0:
+        return ExitVerdict.UNRECOVERABLE, 0.0
+    if not restart_wanted:
+        return ExitVerdict.IDLE, 0.0
+    if not stop_requested and not intensity.allow(now):
+        restart_limit_reached(server, worker_id, intensity)
+        return ExitVerdict.GIVE_UP, 0.0
+    if delay > 0:
         server.logger.warning("Worker %d failed %d times in a row: restarting it in %.3g s",
                               worker_id, history.failures, delay)
-    return delay
+    return ExitVerdict.RESTART, delay
+
+
+#: the exit status of a server whose first workers could not start (a
+#: daemonizing launcher itself exits with daemonize_error_exit_code);
+#: gunicorn's "worker failed to boot" is 3 too
+EXIT_START_FAILED = 3
 
 
 class MultiWorkerServer(Server):
+    waits_for_workers = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.slots: list[WorkerSlot] = []
         self.last_start: Optional[float] = None
+        #: slots of the first round whose worker is not up yet (None once
+        #: the server announced that it is up)
+        self._first_round: Optional[set[int]] = None
+        self._first_round_started = False
         super().__init__(*args, **kwargs)
         self._timing = StartTiming.from_config(self.config)
+        self.restart_intensity = RestartIntensity.from_config(self.config)
 
     @property
     def num_workers(self) -> int:
@@ -145,6 +194,7 @@ class MultiWorkerServer(Server):
 
     def apply_config(self, config: dict) -> None:
         self._timing = StartTiming.from_config(config)
+        self.restart_intensity.reconfigure(config)
 
     def stop_workers(self, graceful: bool) -> None:
         now = self.clock()
@@ -160,6 +210,9 @@ class MultiWorkerServer(Server):
         n = self.num_workers
         while len(self.slots) < n:
             self.slots.append(WorkerSlot(len(self.slots)))
+        if not self._first_round_started:
+            self._first_round_started = True
+            self._first_round = set(range(n))
         next_due: Optional[float] = None
         for slot in self.slots:
             wanted = not self._stop and slot.worker_id < n
@@ -173,11 +226,15 @@ class MultiWorkerServer(Server):
                 self.send_stop(slot, True, now)
             if slot.state is not SlotState.WAITING:
                 continue
-            due = restart_policy.earliest_start(self._timing, self.last_start, slot.spacing_draw,
-                                                slot.history.died_at, slot.history.failures)
+            due = self.start_due(slot)
             if due <= now:
                 self.launch(slot, now)
-            elif next_due is None or due < next_due:
+                if slot.state is not SlotState.WAITING:
+                    continue
+                # The start failed: its retry is a deadline like any other
+                # (nothing else may ever wake this loop).
+                due = self.start_due(slot)
+            if next_due is None or due < next_due:
                 next_due = due
         # Slots above `workers` that are idle are forgotten from the top.
         while self.slots and self.slots[-1].worker_id >= n and self.slots[-1].state in (
@@ -185,19 +242,51 @@ class MultiWorkerServer(Server):
             self.slots.pop()
         return next_due
 
+    def start_due(self, slot: WorkerSlot) -> float:
+        return restart_policy.earliest_start(self._timing, self.last_start, slot.spacing_draw,
+                                             slot.history.died_at, slot.history.failures)
+
     def launch(self, slot: WorkerSlot, now: float) -> None:
         slot.transition("start")
         self.last_start = now
         try:
             self.start_worker(slot, now)
-        except Exception:
-            # The start failed in the parent (before_fork raised, fork failed):
-            # count it as a failure so the backoff applies, and go on.
+        except Exception as e:
+            # The start failed in the parent (initialize() or before_fork()
+            # raised, fork failed): a crash like any other, so the backoff
+            # applies, and go on.
             self.logger.exception("Worker %d failed to start", slot.worker_id)
             slot.transition("exit_restart")
             slot.history.record_failed_start(now)
+            if not self.first_start_failed(slot, f"{type(e).__name__}: {e}") \
+                    and not self.restart_intensity.allow(now):
+                restart_limit_reached(self, slot.worker_id, self.restart_intensity)
+                self.stop(True)
             return
         slot.history.record_start(now)
+
+    # -- the first round: when the server is up --------------------------------
+    def worker_up(self, slot: WorkerSlot) -> None:
+        """slot's worker runs (subclasses say when: a process worker's first
+        heartbeat, a thread's start)."""
+        pending = self._first_round
+        if pending is None:
+            return
+        pending.discard(slot.worker_id)
+        if not pending:
+            self._first_round = None
+            self.announce_ready()
+
+    def first_start_failed(self, slot: WorkerSlot, reason: str) -> bool:
+        """slot's worker could not start, or ended before it was up.  In the
+        first round that fails the server's start: True, and it stops."""
+        if self._first_round is None or slot.worker_id not in self._first_round:
+            return False
+        self.announce_start_failure(f"worker {slot.worker_id} failed to start: {reason}")
+        self._first_round = None
+        self.stop_status = EXIT_START_FAILED
+        self.stop(True)
+        return True
 
     def worker_exited(self, slot: WorkerSlot, description: str, exit_code: Optional[int],
                       now: float) -> None:
@@ -205,16 +294,27 @@ class MultiWorkerServer(Server):
         stop_requested = slot.state is SlotState.STOPPING or self._stop
         restart_wanted = not self._stop and slot.worker_id < self.num_workers
         slot.worker = slot.handle = None
-        delay = judge_worker_exit(self, slot.worker_id, slot.history, self._timing, description,
-                                  exit_code, stop_requested, restart_wanted, now)
-        if delay is None:
+        # A worker that exits by itself before it was up failed to start; one
+        # killed by a signal then (by someone else, the OOM killer...) is a
+        # crash like any other.
+        if not stop_requested and exit_code is not None and self.first_start_failed(
+                slot, f"it ended with {description} before it was up"):
+            slot.history.record_exit(self._timing, now, True)
+            slot.transition("exit_idle")
+            return
+        verdict, _ = judge_worker_exit(self, slot.worker_id, slot.history, self._timing,
+                                       self.restart_intensity, description, exit_code,
+                                       stop_requested, restart_wanted, now)
+        if verdict is ExitVerdict.UNRECOVERABLE:
             slot.transition("exit_failed")
             if self.config["stop_immediately_at_unrecoverable_exit"] and not self._stop:
                 self.stop(True)
-        elif restart_wanted:
+        elif verdict is ExitVerdict.RESTART:
             slot.transition("exit_restart")
         else:
             slot.transition("exit_idle")
+            if verdict is ExitVerdict.GIVE_UP:
+                self.stop(True)
 
     def alive_or_pending(self) -> int:
         return sum(1 for s in self.slots if s.state in (

@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Protocol
 
 from pyse import lowlevel, privilege
+from pyse.child_messages import MessageChannels
 from pyse.lowlevel import Event, EventKind, KillConfig
-from pyse.signals import IMMEDIATE_RESTART, IMMEDIATE_STOP, SERVER_SIGNALS, signal_name
+from pyse.signals import (IMMEDIATE_RESTART, IMMEDIATE_STOP, SERVER_SIGNALS, replay_held_signals,
+                          signal_name)
 
 #: seconds between an orphan's own deadline and the C-armed SIGKILL: the
 #: timer is the backstop for a process whose Python cannot run any more
@@ -70,7 +72,9 @@ class ChildRole:
     the loop beats toward us that often (None: the child beats itself, or
     not at all).  ``orphan_kill_delay``: the C timer that SIGKILLs the child
     that long after our death (None: no timer).  ``identity``: the
-    configuration and key prefix of a privilege change (``worker_chuser``...)."""
+    configuration and key prefix of a privilege change (``worker_chuser``...).
+    ``messages``: a pipe of its own brings it messages from us
+    (:mod:`pyse.child_messages`)."""
 
     signals: tuple[int, ...] = ()
     reap_any: bool = False
@@ -78,6 +82,7 @@ class ChildRole:
     orphan_kill_delay: Optional[float] = None
     identity: Optional[tuple[dict, str]] = None
     death_signal: int = int(signal.SIGTERM)
+    messages: bool = False
 
 
 @dataclass
@@ -93,10 +98,12 @@ class ParentLink:
     loop: Optional[lowlevel.Loop] = None
     #: when the parent was found gone (CLOCK_MONOTONIC seconds), or None
     gone_at: Optional[float] = None
+    #: the read end of the messages from the parent, or -1
+    message_fd: int = -1
 
     def fds(self) -> list[int]:
         """The link's fds, which the child's own children must not keep."""
-        return [fd for fd in (self.heartbeat_fd, self.lifeline_fd) if fd >= 0]
+        return [fd for fd in (self.heartbeat_fd, self.lifeline_fd, self.message_fd) if fd >= 0]
 
     def mark_gone(self, now: float) -> bool:
         """Records the parent's death; True the first time."""
@@ -108,7 +115,7 @@ class ParentLink:
 
 def setup_child(role: ChildRole, parent_pid: int, parent_loop: Optional[lowlevel.Loop],
                 close_fds: list[int], heartbeat_fd: int, lifeline_fd: int,
-                mask: Iterable[int]) -> ParentLink:
+                mask: Iterable[int], message_fd: int = -1) -> ParentLink:
     """The first thing a forked child does, in this order:
 
     1. drop the parent's loop (its handlers would write into the parent's
@@ -134,7 +141,7 @@ def setup_child(role: ChildRole, parent_pid: int, parent_loop: Optional[lowlevel
         lowlevel.child_after_fork(close_fds)
     if role.identity is not None:
         privilege.change_from_config(*role.identity)
-    link = ParentLink(parent_pid, heartbeat_fd, lifeline_fd)
+    link = ParentLink(parent_pid, heartbeat_fd, lifeline_fd, message_fd=message_fd)
     if lowlevel.set_parent_death_signal(role.death_signal, parent_pid):
         link.mark_gone(lowlevel.now())
     if role.orphan_kill_delay is not None:
@@ -203,7 +210,9 @@ class ProcessManager:
         self.private_fds: list[int] = []
         self._lifeline: Optional[tuple[int, int]] = None
         self._owns_loop = False
-        self.watchers: list[Watcher] = []
+        #: messages to children whose role asked for them
+        self.messages = MessageChannels(logger)
+        self.watchers: list[Watcher] = [self.messages]
         #: fd -> (its watcher, readable, writable), as the loop watches it now
         self._watched: dict[int, tuple[Watcher, bool, bool]] = {}
 
@@ -219,6 +228,7 @@ class ProcessManager:
             loop.close()
             raise
         self._use(loop, owned=True)
+        replay_held_signals()
 
     def adopt_loop(self, loop: lowlevel.Loop) -> None:
         """The loop this process's own set-up made (it already owns our
@@ -232,6 +242,7 @@ class ProcessManager:
         self._lifeline = os.pipe()
 
     def close(self) -> None:
+        self.messages.close()
         if self.loop is not None and self._owns_loop:
             self.loop.close()
         self.loop = None
@@ -259,7 +270,10 @@ class ProcessManager:
         # The fds our watchers serve (a broker's sockets, its clients) are
         # ours alone: a child holding one would keep a client waiting on it.
         close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *self._watched,
-                     *close_in_child]
+                     *self.messages.fds(), *close_in_child]
+        message_r, message_w = os.pipe() if role.messages else (-1, -1)
+        if message_w >= 0:
+            close_fds.append(message_w)
         parent_pid = os.getpid()
         # Block our signals across the fork: until the child has dropped our
         # handlers, a signal sent to it would land in our self-pipe and look
@@ -269,15 +283,16 @@ class ProcessManager:
             pid = os.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.close(heartbeat_r)
-            os.close(heartbeat_w)
+            for fd in (heartbeat_r, heartbeat_w, message_r, message_w):
+                if fd >= 0:
+                    os.close(fd)
             raise
         if pid == 0:
             code = failure_code
             try:
                 try:
                     link = setup_child(role, parent_pid, self.loop, close_fds, heartbeat_w,
-                                       lifeline_r, mask)
+                                       lifeline_r, mask, message_r)
                 except BaseException:
                     self.logger.exception("%s (pid %d): the set-up after fork failed", label,
                                           os.getpid())
@@ -287,6 +302,9 @@ class ProcessManager:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(heartbeat_w)
+        if message_r >= 0:
+            os.close(message_r)
+            self.messages.add(pid, message_w)
         started = lowlevel.now() if now is None else now
         self.loop.add_child(pid, heartbeat_r, kill_config, started,
                             stamped=role.heartbeat_interval is not None,
@@ -305,6 +323,11 @@ class ProcessManager:
             # The loop reaped it in the batch being handled; its EXITED event
             # is in that batch too.
             pass
+
+    def send_message(self, pid: int, payload: bytes) -> bool:
+        """Queues a message for a child whose role asked for messages;
+        False if it has no channel."""
+        return self.messages.send(pid, payload)
 
     def send_signal(self, pid: int, signo: int) -> None:
         try:
@@ -389,6 +412,7 @@ class ProcessManager:
                 ready.append(event)
             elif event.kind is EventKind.EXITED:
                 self.children.pop(event.pid, None)
+                self.messages.remove(event.pid)
                 out.append(event)
             elif event.kind in _CHILD_NEWS:
                 child = self.children.get(event.pid)

@@ -9,7 +9,7 @@ life and death.  The server runs no thread of its own: it forks.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from pyse import lowlevel, worker_process
 from pyse.lowlevel import Event, EventKind
@@ -23,6 +23,8 @@ class ProcessServer(MultiWorkerServer):
         super().__init__(*args, **kwargs)
         self.manager = ProcessManager(self.logger)
         self._by_pid: dict[int, WorkerSlot] = {}
+        #: (the configuration, its reload message for the workers)
+        self._reload_message: tuple[Optional[dict], bytes] = (None, b"")
 
     @property
     def private_fds(self) -> list[int]:
@@ -57,6 +59,11 @@ class ProcessServer(MultiWorkerServer):
             self.dispatch_signal(event.status)
         elif event.kind is EventKind.PARENT_GONE:
             self.parent_gone(lowlevel.now())
+        elif event.kind is EventKind.HEARTBEAT:
+            # Its first heartbeat: the worker's set-up is done, run() starts.
+            slot = self._by_pid.get(event.pid)
+            if slot is not None:
+                self.worker_up(slot)
         elif event.kind is EventKind.EXITED:
             slot = self._by_pid.pop(event.pid, None)
             if slot is not None:
@@ -93,7 +100,14 @@ class ProcessServer(MultiWorkerServer):
             self.manager.stop(slot.handle, immediate=not graceful, now=now)
 
     def send_reload(self, slot: WorkerSlot) -> None:
-        self.signal_worker(slot, RELOAD)
+        """The server's configuration goes to the running worker, which puts
+        it in place before its reload() (see worker_process.encode_reload)."""
+        if slot.handle is None:
+            return
+        if self._reload_message[0] is not self.config:   # once per reload, not per worker
+            self._reload_message = (self.config, worker_process.encode_reload(self.config))
+        if not self.manager.send_message(slot.handle, self._reload_message[1]):
+            self.signal_worker(slot, RELOAD)
 
     def send_dump(self, slot: WorkerSlot) -> None:
         self.signal_worker(slot, DUMP)

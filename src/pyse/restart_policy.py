@@ -1,15 +1,20 @@
-"""When a worker may start: pure functions of the configuration, a slot's
-history and now.
+"""When a worker may start, and when restarts must stop: pure functions of
+the configuration, a slot's history and now.
 
-Two rules decide, and both are ours to test with a fake clock:
+Three rules decide, and all are ours to test with a fake clock:
 
 - the start delay (ServerEngine's ``start_worker_delay``): starts are spaced
   by ``delay + r*delay*rand - delay*rand/2`` (r uniform in [0, 1)) counted
   from the previous start of any slot;
-- the crash-loop backoff (beyond ServerEngine): a slot whose worker keeps
-  dying waits ``base * 2**(failures-1)`` seconds, capped at ``maximum``,
-  before its next start; a worker that lived ``reset`` seconds clears the
-  count.  ``base == 0`` turns the backoff off.
+- the crash-loop backoff: the first restart of a slot whose worker died
+  unexpectedly is immediate; if it dies again, the next waits ``base``,
+  then ``2*base``, ``4*base``... capped at ``maximum``.  A worker that
+  lived ``reset`` seconds clears the count; ``base == 0`` turns it off;
+- the restart intensity (Erlang/OTP's, systemd's ``StartLimitBurst``):
+  ``max_count`` restarts within any ``window`` seconds are allowed, and the
+  next one stops the server instead, so that what runs it (systemd, an
+  orchestrator, a supervisor) can take over.  ``max_count == 0`` turns it
+  off.
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ def start_spacing(delay: float, rand_ratio: float, r: float) -> float:
 
 
 def backoff_delay(failures: int, base: float, maximum: float) -> float:
-    """The wait before restarting a slot that has failed `failures` times."""
-    if base <= 0 or failures <= 0:
+    """The wait before restarting a slot that has failed `failures` times in
+    a row: none after the first failure, then base, doubling, capped."""
+    if base <= 0 or failures <= 1:
         return 0.0
     # 2**failures overflows a float long before it matters: cap the exponent.
-    return min(base * 2.0 ** min(failures - 1, 64), maximum)
+    return min(base * 2.0 ** min(failures - 2, 64), maximum)
 
 
 def failures_after_exit(failures: int, lived: float, reset: float, stop_requested: bool) -> int:
@@ -100,3 +106,32 @@ class SlotHistory:
                                             stop_requested)
         self.died_at = now
         return backoff_delay(self.failures, timing.backoff_base, timing.backoff_max)
+
+
+class RestartIntensity:
+    """Restarts after unexpected exits, counted over a sliding window:
+    ``allow(now)`` records a restart and says whether it may happen."""
+
+    def __init__(self, max_count: int, window: float) -> None:
+        self.max_count = max_count
+        self.window = window
+        self.restarts: list[float] = []
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RestartIntensity":
+        return cls(config["restart_max_count"], config["restart_max_window"])
+
+    def reconfigure(self, config: dict) -> None:
+        self.max_count = config["restart_max_count"]
+        self.window = config["restart_max_window"]
+
+    def allow(self, now: float) -> bool:
+        """True (and the restart is counted) unless max_count restarts
+        already happened within the last `window` seconds."""
+        if self.max_count <= 0:
+            return True
+        self.restarts = [t for t in self.restarts if t > now - self.window]
+        if len(self.restarts) >= self.max_count:
+            return False
+        self.restarts.append(now)
+        return True

@@ -41,8 +41,14 @@ class Server:
         #: the ties to a supervisor (heartbeat, lifeline, the loop the
         #: server process's set-up made), when there is one
         self.parent_link: Optional[ParentLink] = None
-        #: called once, after before_run() returned (set by the daemon/supervisor)
+        #: called once the server is up (see :meth:`announce_ready`), by
+        #: whoever waits for that: a daemonizing launcher, the supervisor
         self.when_ready: Optional[Callable[[], None]] = None
+        #: called instead, with the reason, when the first start of the
+        #: workers fails (a daemonizing launcher then reports it)
+        self.when_start_failed: Optional[Callable[[str], None]] = None
+        #: why the first start of the workers failed, if it did
+        self.start_failure: Optional[str] = None
         self.initialize()
 
     # -- user hooks --------------------------------------------------------
@@ -172,6 +178,11 @@ class Server:
         self.stop(True)
 
     def handle_dump(self) -> None:
+        if self._stop:
+            # systemd and timeout(1) send CONT right after their TERM: a
+            # stopping tree writes no dumps.
+            self.logger.debug("Not writing a sigdump: stopping")
+            return
         self.dump()
 
     def parent_gone(self, now: float) -> None:
@@ -193,16 +204,16 @@ class Server:
         if hasattr(setup, "after_fork_child"):
             setup.after_fork_child(threads_allowed=threads_allowed)
 
-    def reload_log_in_worker(self, worker_id: int) -> None:
-        """A worker process's USR2: ``log`` and ``log_level`` from the
-        reloaded source, then the log reopened."""
+    def apply_log_config(self, config: dict, worker_id: int) -> None:
+        """In a worker process, at the server's reload: its ``log``,
+        ``log_level`` and ``log_format``, then the log reopened."""
         setup = self._log_setup
-        if not hasattr(setup, "reload_in_child"):
-            return
         try:
-            setup.reload_in_child(self._config_source)
-        except (OSError, ValueError) as e:  # ValueError: pyse.ConfigError
-            self.logger.error("Worker %d: could not reload the log settings: %s", worker_id, e)
+            if hasattr(setup, "apply_config"):
+                setup.apply_config(config)
+        except OSError as e:
+            self.logger.error("Worker %d: could not open the new log: %s", worker_id, e)
+        self.reopen_log()
 
     def close_log(self) -> None:
         """At the end of a process: what Python buffered for fd 1/2 goes
@@ -216,18 +227,41 @@ class Server:
             except OSError:
                 pass  # exiting anyway; there is nowhere left to report it
 
+    #: True for servers that run workers: they are up once before_run()
+    #: returned and their first workers run (they call announce_ready);
+    #: others once before_run() returned
+    waits_for_workers = False
+
     def main(self) -> int:
         """before_run, run, after_run; returns the exit status."""
         self.before_run()
-        if self.when_ready is not None:
-            # The server counts as up once before_run() returned: the daemon's
-            # launcher and the supervisor wait for this (see pyse.daemon).
-            self.when_ready()
+        if not self.waits_for_workers:
+            self.announce_ready()
         try:
             self.run()
         finally:
             self.after_run()
         return self.stop_status or 0
+
+    def announce_ready(self) -> None:
+        """The server is up: its launcher, its supervisor (and systemd) may
+        be told.  Once."""
+        ready, self.when_ready = self.when_ready, None
+        self.when_start_failed = None
+        if ready is not None:
+            ready()
+
+    def announce_start_failure(self, reason: str) -> None:
+        """The first start of the workers failed (a worker "failed to boot",
+        in gunicorn's words): the server stops, as a failed start, and whoever
+        waits for it to be up (a daemonizing launcher) is told why.  Later
+        failures are crashes, restarted under the backoff."""
+        failed, self.when_start_failed = self.when_start_failed, None
+        self.when_ready = None
+        self.start_failure = reason
+        self.logger.error("The first start of the workers failed (%s): stopping", reason)
+        if failed is not None:
+            failed(reason)
 
 
 def log_uncaught(logger: logging.Logger, what: str) -> None:

@@ -1,5 +1,9 @@
 """CONT: write every thread's Python stack, GC counts and memory figures to
-``$TMPDIR/sigdump-PID.log`` (or /tmp/sigdump-PID.log).
+``$TMPDIR/sigdump-PID.log`` (or /tmp/sigdump-PID.log).  As with Ruby's
+sigdump, ``SIGDUMP_SIGNAL`` names another signal than CONT (one pyse gives
+no other meaning to) and ``SIGDUMP_PATH`` another destination ("-" stdout,
+"+" stderr, or a file).  A process that is stopping writes no dump:
+systemd and timeout(1) send CONT right after their TERM.
 
 The directory is usually world-writable, so someone else may have put
 something at that name before us.  The file is opened with O_NOFOLLOW (a
@@ -35,6 +39,12 @@ TRACEMALLOC_TOP = 10
 
 
 def dump_path(directory: Optional[str] = None) -> str:
+    """Where a dump goes: ``SIGDUMP_PATH`` as Ruby's sigdump reads it ("-" is
+    stdout, "+" stderr, anything else a file every process appends to), else
+    ``sigdump-PID.log`` in ``directory``, $TMPDIR or /tmp."""
+    chosen = os.environ.get("SIGDUMP_PATH")
+    if chosen and directory is None:
+        return chosen
     directory = directory or os.environ.get("TMPDIR") or "/tmp"
     return os.path.join(directory, f"sigdump-{os.getpid()}.log")
 
@@ -114,6 +124,9 @@ def dump(directory: Optional[str] = None) -> str:
     when the path holds a symlink or anything but our own regular file."""
     path = dump_path(directory)
     text = render().encode("utf-8", "backslashreplace")
+    if path in ("-", "+"):
+        _write_all(1 if path == "-" else 2, text)
+        return "stdout" if path == "-" else "stderr"
     try:
         fd = open_dump_file(path)
     except OSError as e:
@@ -122,9 +135,13 @@ def dump(directory: Optional[str] = None) -> str:
                 from e
         raise
     try:
-        view = memoryview(text)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, text)
     finally:
         os.close(fd)
     return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

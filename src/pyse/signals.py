@@ -15,7 +15,26 @@ GRACEFUL_RESTART = signal.SIGUSR1
 IMMEDIATE_RESTART = signal.SIGHUP
 RELOAD = signal.SIGUSR2
 DETACH = signal.SIGINT
-DUMP = signal.SIGCONT
+
+
+def dump_signal(environ: dict = os.environ) -> signal.Signals:  # type: ignore[type-arg]
+    """The signal that asks for a sigdump: CONT, or the one named by
+    SIGDUMP_SIGNAL (as Ruby's sigdump reads it: "TSTP", "SIGTSTP" or a
+    number), unless that one already has another meaning here."""
+    name = environ.get("SIGDUMP_SIGNAL", "").strip().upper()
+    if not name:
+        return signal.SIGCONT
+    try:
+        chosen = signal.Signals(int(name)) if name.isdigit() else \
+            signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        return signal.SIGCONT
+    taken = (GRACEFUL_STOP, IMMEDIATE_STOP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, DETACH,
+             signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)
+    return signal.SIGCONT if chosen in taken else chosen
+
+
+DUMP = dump_signal()
 
 #: signal -> action of a server or supervisor
 SERVER_ACTIONS: dict[signal.Signals, str] = {
@@ -62,3 +81,46 @@ def exit_code_of(status: int) -> int:
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
 
+
+
+# -- signals that arrive before a loop owns them -------------------------------------
+#
+# A foreground daemon publishes its pid file before its server's loop takes
+# over the signals (the server's initialize() and before_run() run between
+# the two).  A TERM sent as soon as the pid file appears must stop the
+# server, not kill it by the default action: until the loop owns them, the
+# signals are recorded by a Python handler and sent again once it does.
+
+_held: list[int] = []
+_previous: dict[int, object] = {}
+
+
+def _record_held(signo: int, _frame: object) -> None:
+    _held.append(signo)
+
+
+def hold_signals(signals: tuple) -> None:
+    """Records these signals instead of acting on them, until
+    :func:`replay_held_signals` (main thread only; elsewhere a no-op)."""
+    try:
+        for signo in signals:
+            _previous.setdefault(signo, signal.signal(signo, _record_held))
+    except ValueError:
+        pass  # not the main thread: the caller's program keeps its dispositions
+
+
+def replay_held_signals() -> None:
+    """Sends the signals recorded so far again, to this process: called once
+    a loop owns them, which then acts on them."""
+    pending = list(_held)
+    del _held[:]
+    for signo in pending:
+        os.kill(os.getpid(), signo)
+
+
+def stop_holding_signals() -> None:
+    """Gives the held signals back the dispositions they had."""
+    for signo, previous in list(_previous.items()):
+        signal.signal(signo, previous)  # type: ignore[arg-type]
+    _previous.clear()
+    del _held[:]

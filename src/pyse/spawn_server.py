@@ -51,6 +51,8 @@ class CommandLauncher:
         self.worker_id = worker_id
         #: the pid of the command once spawn() started it
         self.pid: Optional[int] = None
+        #: whether its exec is known to have worked
+        self.exec_ok = False
 
     def spawn(self, env: Optional[Mapping[str, str]], *cmd: str) -> int:
         """Runs cmd with env added to the server's environment (a None value
@@ -74,7 +76,7 @@ class CommandLauncher:
                 full_env.pop(str(key), None)
             else:
                 full_env[str(key)] = str(value)
-        self.pid = self._server.spawn_command(self.worker_id, argv, full_env)
+        self.pid, self.exec_ok = self._server.spawn_command(self.worker_id, argv, full_env)
         return self.pid
 
 
@@ -96,10 +98,14 @@ class SpawnServer(ProcessServer):
             raise RuntimeError(f"worker {slot.worker_id}: spawn(process_manager) returned "
                                f"without calling process_manager.spawn(env, *cmd)")
         self.adopt_worker(slot, worker, launcher.pid)
+        if launcher.exec_ok:
+            # A program may never beat: it is up once it runs.
+            self.worker_up(slot)
 
-    def spawn_command(self, worker_id: int, argv: list[str], env: dict) -> int:
-        """Forks and execs argv; returns its pid.  An exec failure is logged
-        here; the child then exits with 127."""
+    def spawn_command(self, worker_id: int, argv: list[str], env: dict) -> tuple[int, bool]:
+        """Forks and execs argv; returns its pid and whether the exec is known
+        to have worked.  An exec failure is logged here; the child then exits
+        with 127."""
         error_r, error_w = os.pipe()   # close-on-exec: EOF means exec worked
         env[HEARTBEAT_INTERVAL_ENV] = repr(float(self.config["worker_heartbeat_interval"]))
         # No loop of its own: an exec'd program gets default dispositions.
@@ -124,7 +130,7 @@ class SpawnServer(ProcessServer):
         elif error:
             self.logger.error("Worker %d: cannot run %r: %s", worker_id, argv[0],
                               error.decode(errors="replace"))
-        return child.pid
+        return child.pid, error == b""
 
     def dispatch_event(self, event: Event) -> None:
         if event.kind is EventKind.HEARTBEAT:

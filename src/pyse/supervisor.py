@@ -35,6 +35,7 @@ import setproctitle
 
 from pyse import lowlevel
 from pyse.lowlevel import Event, EventKind
+from pyse.multi_worker_server import EXIT_START_FAILED
 from pyse.process_manager import ChildRole, ParentLink, ProcessManager, kill_config
 from pyse.server import Server
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
@@ -132,15 +133,16 @@ class Supervisor(Server):
             if now < self.detach_deadline:
                 return self.detach_deadline
             self.end_detach(now)
+        if self.state is S.STARTING:
+            due = self.next_start(now)
+            if due > now:
+                return due
+            self.start_server(now)
+            if self.state is S.STARTING:   # it failed: try again later
+                return self.next_start(now)
         if self.state is S.STOPPING and self.current is None and not self.detached:
             self.transition("all_gone")
-        if self.state is not S.STARTING:
-            return None
-        due = self.next_start(now)
-        if due > now:
-            return due
-        self.start_server(now)
-        return None if self.state is not S.STARTING else self.next_start(now)
+        return None
 
     def next_start(self, now: float) -> float:
         if self.last_start is None:
@@ -168,12 +170,17 @@ class Supervisor(Server):
                                       lambda link: server_process(server, link, ready),
                                       kill_config(self.config, "server_"),
                                       failure_code=EXIT_SERVER_FAILED, now=now)
-        except Exception:
+        except Exception as e:
+            if self.starts == 1:
+                # The very first server cannot even be built (its
+                # initialize() raised): retrying would fail the same way.
+                self.logger.exception("Starting the server failed; stopping")
+                if ready is not None:
+                    ready.failed(f"starting the server failed: {type(e).__name__}: {e}")
+                self.give_up(EXIT_SERVER_FAILED)
+                return
             self.logger.exception("Starting the server failed; retrying in %g s",
                                   self.config["server_restart_wait"])
-            if ready is not None:
-                ready.failed("starting the server process failed (see the log)")
-                self.give_up(EXIT_SERVER_FAILED)
             return
         if ready is not None:
             ready.close()  # the server itself tells the launcher
@@ -202,6 +209,12 @@ class Supervisor(Server):
             self.end_detach(now)
             return
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if self.state is S.RUNNING and proc.first and code == EXIT_START_FAILED:
+            # Its first workers could not start (it told the launcher why).
+            self.start_failure = "the server's first workers could not start (see the log)"
+            self.logger.error("The first server process could not start its workers; stopping")
+            self.give_up(EXIT_START_FAILED)
+            return
         if self.state is S.RUNNING and proc.first and not proc.up:
             # The first start failed before it was up: restarting would fail
             # the same way (a bad before_run(), a port in use).
@@ -330,6 +343,7 @@ def server_process(server: Server, link: ParentLink, ready: Any) -> int:
             server.parent_gone(link.gone_at)
         if ready is not None:
             server.when_ready = ready.ready
+            server.when_start_failed = ready.failed
         return server.main()
     except Exception as e:
         server.logger.exception("The server process failed")

@@ -60,6 +60,7 @@ class ThreadServer(InProcessServer, MultiWorkerServer):
         slot.handle = thread
         thread.start()
         self.logger.info("Worker %d started (thread %s)", slot.worker_id, thread.name)
+        self.worker_up(slot)
         try:
             worker.after_start()
         except Exception:

@@ -17,7 +17,9 @@ Two threads, three at most:
 from __future__ import annotations
 
 import os
+import pickle
 import queue
+import sys
 import threading
 from typing import Any, Callable, Optional
 
@@ -26,6 +28,7 @@ from typing import Any, Callable, Optional
 import setproctitle
 
 from pyse import lowlevel
+from pyse.child_messages import MessageReader
 from pyse.config import format_process_name
 from pyse.lowlevel import EventKind
 from pyse.process_manager import ORPHAN_KILL_GRACE, ChildRole, ParentLink
@@ -40,7 +43,44 @@ def worker_role(config: dict) -> ChildRole:
     return ChildRole(signals=WORKER_SIGNALS,
                      heartbeat_interval=config["worker_heartbeat_interval"],
                      orphan_kill_delay=config["worker_orphan_timeout"] + ORPHAN_KILL_GRACE,
-                     identity=(config, "worker_"))
+                     identity=(config, "worker_"), messages=True)
+
+
+# -- the reload message: the server's configuration, for a running worker ---------
+#
+# At USR2 the server loads the configuration once and sends the result to
+# every worker process, which puts it in place before its reload() runs; a
+# reload whose configuration is bad changes no one's.  Calling the config
+# callable again in each worker would call it once per worker, and could
+# read a file in the middle of its rewrite, so that workers disagreed.
+# Only plain data travels (numbers, strings, lists, dicts...): an object in
+# the configuration (a logger, a stream, a class) cannot cross processes,
+# so a worker keeps the one it was forked with.
+
+class Inherited:
+    """Stands for a configuration value that stays as the worker has it."""
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def encode_reload(config: dict) -> bytes:
+    """The reload message for a worker: the configuration, objects left out."""
+    sent = {key: value if _plain(value) else Inherited for key, value in config.items()}
+    return pickle.dumps({"reload": sent}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def received_config(message: dict, current: dict) -> dict:
+    """The worker's new configuration from a reload message."""
+    return {key: current.get(key) if value is Inherited else value
+            for key, value in message["reload"].items()}
 
 
 def main(worker: Any, link: ParentLink) -> int:
@@ -68,6 +108,9 @@ class WorkerProcess:
         self.hook_thread: Optional[threading.Thread] = None
         self.hook_lock = threading.Lock()
         self.stop_called_for_orphan = False
+        #: a stop was asked for: a CONT then writes no dump
+        self.stopping = False
+        self.messages = MessageReader(link.message_fd) if link.message_fd >= 0 else None
 
     # -- the main thread -------------------------------------------------------
     def main(self) -> int:
@@ -79,6 +122,7 @@ class WorkerProcess:
         threading.Thread(target=self.control, name="pyse-control", daemon=True).start()
         if self.link.gone_at is not None:
             self.parent_gone()  # it died before our PR_SET_PDEATHSIG was set
+        self.announce_up()
         try:
             self.worker.run()
         except SystemExit as e:
@@ -90,8 +134,20 @@ class WorkerProcess:
             return EXIT_RUN_RAISED
         return 0
 
+    def announce_up(self) -> None:
+        """A heartbeat now, from the main thread, before run(): the server
+        counts a worker as up at its first beat, and the control thread's
+        first one may come too late for a run() that returns at once."""
+        try:
+            os.write(self.link.heartbeat_fd, lowlevel.now_ns().to_bytes(8, sys.byteorder,
+                                                                        signed=True))
+        except (BlockingIOError, BrokenPipeError):
+            pass  # a full pipe holds beats enough; a broken one: the server is gone
+
     # -- the control thread ----------------------------------------------------
     def control(self) -> None:
+        if self.messages is not None:
+            self.loop.watch_fd(self.messages.fd)
         try:
             while True:
                 gone_at = self.link.gone_at
@@ -101,6 +157,8 @@ class WorkerProcess:
                         self.on_signal(event.status)
                     elif event.kind is EventKind.PARENT_GONE:
                         self.parent_gone()
+                    elif event.kind is EventKind.FD_READY:
+                        self.read_messages()
                 if deadline is not None and lowlevel.now() >= deadline:
                     self.logger.error("Worker %d: run() did not return within %g s of the "
                                       "server's death; exiting", self.worker.worker_id,
@@ -138,16 +196,43 @@ class WorkerProcess:
         getattr(self, "handle_" + action)()
 
     def handle_stop(self) -> None:
+        self.stopping = True
         self.run_hook(self.worker.stop)
 
     def handle_reload(self) -> None:
         self.run_hook(self.reload)
 
     def handle_dump(self) -> None:
+        if self.stopping or self.link.gone_at is not None:
+            return  # a CONT right after the TERM of systemd or timeout(1)
         self.run_hook(self.worker.dump)
 
     def reload(self) -> None:
-        self.worker.server.reload_log_in_worker(self.worker.worker_id)
+        """USR2 sent to this worker itself: the log reopened, reload()."""
+        self.worker.server.reopen_log()
+        self.worker.reload()
+
+    # -- messages from the server ----------------------------------------------
+    def read_messages(self) -> None:
+        assert self.messages is not None
+        for payload in self.messages.read_messages():
+            message = pickle.loads(payload)
+            if "reload" in message:
+                self.run_hook(lambda m=message: self.reload_with(m))
+        if self.messages.closed:
+            # The server is gone; the lifeline says so too.
+            self.loop.unwatch_fd(self.messages.fd)
+
+    def reload_with(self, message: dict) -> None:
+        """The server's reload: its new configuration in place (self.config
+        of the worker), the log settings applied, then reload()."""
+        server = self.worker.server
+        new = received_config(message, server.config)
+        server.config = new
+        self.config = new
+        server.apply_log_config(new, self.worker.worker_id)
+        # After the log settings: at the new level, in the new format.
+        self.logger.debug("Worker %d received the server's reload", self.worker.worker_id)
         self.worker.reload()
 
     # -- the hook thread ---------------------------------------------------------

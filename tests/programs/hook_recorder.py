@@ -9,7 +9,8 @@ Test-only config keys besides recorder.py's: test_raise_once (worker 0's
 first run() raises), test_raise_always (every run() raises), test_block (run() blocks in one wait with no
 timeout until stop()), test_spawn_beat (a list of worker ids whose spawned
 command writes one heartbeat, then goes silent), test_spawn_missing (spawn
-a command that does not exist), test_spawn_cmd (spawn this
+a command that does not exist; "later": only after the first spawn, which
+runs /bin/true), test_spawn_cmd (spawn this
 argv instead of the recording child), test_hook_raises (the
 server's reload_config() override raises).  $PYSE_TEST_LINK="heartbeat_fd,lifeline_fd"
 gives the server a ParentLink, as a supervisor's set-up of its server
@@ -57,6 +58,7 @@ class HookServer(RecordingServer):
 
 class HookWorker(RecordingWorker):
     raised = False
+    spawned_once = False
 
     def run(self):
         record(f"run_thread_{threading.current_thread().name}", self.worker_id)
@@ -86,7 +88,12 @@ class HookWorker(RecordingWorker):
 
     def spawn(self, process_manager):
         record("spawn", self.worker_id)
-        if self.config.get("test_spawn_missing"):
+        missing = self.config.get("test_spawn_missing")
+        if missing == "later" and not HookWorker.spawned_once:
+            HookWorker.spawned_once = True
+            process_manager.spawn({}, "/bin/true")
+            return
+        if missing:
             process_manager.spawn({}, "/nonexistent/pyse-test-command")
             return
         if self.config.get("test_spawn_cmd"):

@@ -10,7 +10,9 @@ escalation runs to its end; or "gil_hog": worker 0 holds the GIL
 forever), test_exit_code (worker 0 exits with it at
 once), test_server ("tcp": bind 127.0.0.1:test_port
 in before_run; workers accept and answer), test_reload_spawns (reload()
-starts `sleep 30` and records "spawned:<its pid>").
+starts `sleep 30` and records "spawned:<its pid>"), test_initialize_failures
+(after the first worker object, the next N raise in initialize()),
+test_run_raises (every run() raises at once).
 """
 import json
 import os
@@ -45,7 +47,16 @@ class RecordingServer:
 
 
 class RecordingWorker:
+    created = 0
+
     def initialize(self):
+        # In the server process, before each fork: a class counter counts
+        # the worker objects built there.
+        RecordingWorker.created += 1
+        failures = self.config.get("test_initialize_failures", 0)
+        if 1 < RecordingWorker.created <= 1 + failures:
+            record("initialize_failed", self.worker_id)
+            raise RuntimeError(f"initialize failure {RecordingWorker.created - 1} of {failures}")
         self.flag = pyse.BlockingFlag()
 
     def run(self):
@@ -53,6 +64,8 @@ class RecordingWorker:
         if mode == "stubborn":
             signal.signal(signal.SIGQUIT, lambda signo, frame: record("quit", self.worker_id))
         record("run", self.worker_id)
+        if self.config.get("test_run_raises"):
+            raise RuntimeError("run() fails at once")
         code = self.config.get("test_exit_code")
         if code is not None and self.worker_id == 0:
             sys.exit(code)

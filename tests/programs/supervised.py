@@ -13,7 +13,8 @@ Test-only config keys: test_stop_delay (seconds a worker's run() keeps
 going after stop()), test_before_run ("raise": before_run raises; a number:
 sleeps that long first), test_control ("stop", "reload", ...: instead of
 running a daemon, call that Daemon method on the running one and exit),
-test_exit_code (worker 0 exits with it at once).
+test_exit_code (worker 0 exits with it at once), test_worker_initialize
+("raise": every worker's initialize() raises).
 
 With PYSE_TEST_NO_IMPORT_AFTER_DROP=1 set, any import of a module not yet
 loaded fails once the process no longer runs as root, in every process of
@@ -86,6 +87,8 @@ def ids():
 
 class TestWorker:
     def initialize(self):
+        if self.config.get("test_worker_initialize") == "raise":
+            raise RuntimeError("no database for the workers")
         self.flag = pyse.BlockingFlag()
 
     def run(self):

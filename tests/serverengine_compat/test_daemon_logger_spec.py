@@ -137,9 +137,6 @@ LEVELS = ["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "TRACE"]   # FATAL ..
 TRACE = 5   # pyse's trace level, below DEBUG (docs/logging.md)
 
 
-@pytest.mark.xfail(strict=True, reason="self.logger.setLevel() does not apply to levels the "
-                   "logger was already asked about: the logger pyse builds is not registered "
-                   "with logging, so setLevel() leaves its isEnabledFor cache stale")
 def test_level_set_by_int(tmp_path, log_dir):
     """level set by int"""
     results = run_subject(tmp_path, subject_config(log_dir), '''

@@ -82,9 +82,6 @@ def test_recieve_commands_from_pipe(se_run):
     commands_by(se_run, "pipe", dump=False)
 
 
-@pytest.mark.xfail(strict=True, reason="in the foreground the pid file is written before the "
-                   "process handles its signals: a TERM sent as soon as the pid file appears "
-                   "kills it by the default action (status -15) instead of stopping it")
 def test_exits_with_status_0_when_it_was_stopped_normally(se_run):
     """exits with status 0 when it was stopped normally"""
     run = se_run({"daemonize": False, "supervisor": False, "log_stdout": False,

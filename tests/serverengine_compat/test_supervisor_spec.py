@@ -140,8 +140,6 @@ def test_reload(se_run, sender):
     run.assert_states(server_stop=1, server_reload=1)
 
 
-@pytest.mark.xfail(strict=True, reason="crash-loop backoff is off by default: a worker whose "
-                   "run() raises at once is restarted in a hot loop (thousands of runs a second)")
 @pytest.mark.parametrize("sender", SENDERS)
 def test_auto_restart_in_limited_ratio(se_run, sender):
     """when using #{sender} as command_sender: auto restart in limited ratio"""
@@ -157,9 +155,6 @@ def test_auto_restart_in_limited_ratio(se_run, sender):
     assert gaps[1] >= 0.05 and gaps[2] >= 1.5 * gaps[1], gaps
 
 
-@pytest.mark.xfail(strict=True, reason="a foreground supervisor retries a server whose "
-                   "initialize() raises every server_restart_wait, forever, instead of "
-                   "failing the start")
 def test_initialize_error(se_run):
     """initialize error"""
     run = se_run({"supervisor": True, "test_server": "InitializeErrorServer"})
