@@ -84,7 +84,7 @@ def test_levels_of_log_config_win_over_log_level_in_every_process(start_log_run,
     mine = theirs.read_text()
     for wid, pid in done.items():
         assert f"{pid} myapp.worker DEBUG app debug from worker {wid}" in mine
-    assert f"myapp.server WARNING app warning from server -1" in mine
+    assert "myapp.server WARNING app warning from server -1" in mine
 
 
 @pytest.mark.timeout(60)

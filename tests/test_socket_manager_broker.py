@@ -19,7 +19,7 @@ from helpers import marked_env
 from pyse.socket_manager_address import inet_address
 from pyse.socket_manager_broker import MAX_CLIENTS, MAX_REQUEST
 from pyse.socket_manager_client import request_socket
-from socket_manager_harness import (PROGRAMS, accept_one, connect_broker, driven_manager,
+from socket_manager_harness import (PROGRAMS, connect_broker, driven_manager,
                                     raw_request, read_reply, same_open_socket)
 
 pytestmark = pytest.mark.timeout(60)

@@ -112,7 +112,7 @@ def test_reopen(tmp_path, log_dir):
 
 def test_reset_path(tmp_path, log_dir):
     """reset path"""
-    results = run_subject(tmp_path, subject_config(log_dir), f'''
+    run_subject(tmp_path, subject_config(log_dir), f'''
         CONFIG["log"] = {str(log_dir / "se2.log")!r}
         self.reload_now()
         logger.warning("test")

@@ -8,7 +8,6 @@ do.  Waits are for the counts themselves, not the spec's sleeps.
 """
 from __future__ import annotations
 
-import pytest
 
 import helpers
 from context_harness import controller, wait_pid_file
