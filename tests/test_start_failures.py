@@ -9,6 +9,7 @@ import signal
 
 import pytest
 
+import helpers
 from recorder_harness import wait_until
 from supervised_harness import SupervisedRun
 
@@ -66,16 +67,7 @@ def test_too_many_restarts_stop_the_server_with_exit_status_75(run_hooks, worker
 
 @pytest.fixture
 def start_supervised(tmp_path):
-    runs = []
-
-    def start(config):
-        run = SupervisedRun(tmp_path, config)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        run.close()
+    yield from helpers.started_runs(lambda config: SupervisedRun(tmp_path, config))
 
 
 @pytest.mark.parametrize("supervisor", [False, True])

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from pyse import restart_policy
 from pyse.restart_policy import RestartIntensity, SlotHistory, StartTiming
 from pyse.server import Server
+from pyse.state_table import next_state
 
 
 class SlotState(enum.Enum):
@@ -43,10 +44,6 @@ TRANSITIONS: dict[tuple[SlotState, str], SlotState] = {
 }
 
 
-class SlotTransitionError(RuntimeError):
-    pass
-
-
 @dataclass
 class WorkerSlot:
     worker_id: int
@@ -57,12 +54,7 @@ class WorkerSlot:
     spacing_draw: float = field(default_factory=random.random)
 
     def transition(self, event: str) -> None:
-        try:
-            self.state = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise SlotTransitionError(
-                f"worker {self.worker_id}: event {event!r} is not allowed in state "
-                f"{self.state.value!r}") from None
+        self.state = next_state(TRANSITIONS, self.state, event, f"worker {self.worker_id}")
         if self.state is SlotState.WAITING:
             self.spacing_draw = random.random()
 

@@ -38,6 +38,7 @@ from pyse.lowlevel import Event, EventKind
 from pyse.multi_worker_server import EXIT_START_FAILED
 from pyse.process_manager import ChildRole, ParentLink, ProcessManager, kill_config
 from pyse.server import Server
+from pyse.state_table import next_state
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
                           describe_wait_status, exit_code_of)
 
@@ -67,10 +68,6 @@ TRANSITIONS: dict[tuple[SupervisorState, str], SupervisorState] = {
     **{(state, "stop"): S.STOPPING for state in (*_ALIVE, S.STOPPING)},
     (S.STOPPING, "all_gone"): S.EXITED,
 }
-
-
-class SupervisorTransitionError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -103,12 +100,7 @@ class Supervisor(Server):
         self.manager.private_fds.extend(private_fds or ())
 
     def transition(self, event: str) -> None:
-        try:
-            self.state = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise SupervisorTransitionError(
-                f"supervisor: event {event!r} is not allowed in state "
-                f"{self.state.value!r}") from None
+        self.state = next_state(TRANSITIONS, self.state, event, "supervisor")
 
     # -- the loop --------------------------------------------------------------
     def run(self) -> None:
