@@ -132,6 +132,9 @@ struct pyse_loop {
     struct pollfd *pollfds;      /* rebuilt for every wait */
     int pollfds_cap;
 
+    unsigned char *signals;      /* read from the self-pipe, not yet queued */
+    int nsignals, signals_cap;
+
     struct pyse_event *queue;    /* events not yet handed out */
     int queue_head, queue_len, queue_cap;
 };

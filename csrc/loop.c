@@ -58,6 +58,7 @@ void pyse__loop_abandon(struct pyse_loop *loop)
     loop->nwatched = 0;
     loop->wakeup_fd = loop->lifeline_fd = loop->beat_fd = -1;
     loop->queue_len = loop->queue_head = 0;
+    loop->nsignals = 0;
 }
 
 void pyse_loop_free(struct pyse_loop *loop)
@@ -68,6 +69,7 @@ void pyse_loop_free(struct pyse_loop *loop)
         (void)pyse_loop_release_signals(loop); /* nothing left to report it to */
     close_child_fds(loop);
     free(loop->children);
+    free(loop->signals);
     free(loop->watched);
     free(loop->pollfds);
     free(loop->queue);
@@ -302,6 +304,12 @@ static int take_events(struct pyse_loop *loop, struct pyse_event *out, int max_e
 
 /* ---- signals, exits, the parent ------------------------------------------- */
 
+/* Reads the self-pipe.  The signal numbers are queued by queue_signals(),
+ * after the exits of the reap that follows the read: a SIGCHLD whose byte
+ * this read takes is then always followed by a reap that sees its child
+ * (reaping first, a child dying between the reap and the read would have
+ * its byte eaten and wait for some other wake-up), and the caller acts on
+ * a signal knowing which children are gone. */
 static int read_signals(struct pyse_loop *loop)
 {
     unsigned char buf[256];
@@ -316,13 +324,32 @@ static int read_signals(struct pyse_loop *loop)
             return pyse__fail("read(%d): the signal self-pipe", loop->selfpipe[0]);
         }
         for (i = 0; i < n; i++) {
-            /* SIGCHLD only says "reap": every wake-up does. */
-            if (buf[i] != SIGCHLD && queue_event(loop, PYSE_EV_SIGNAL, 0, buf[i], 0) < 0)
-                return -1;
+            /* SIGCHLD only says "reap": every pass does. */
+            if (buf[i] == SIGCHLD)
+                continue;
+            if (loop->nsignals == loop->signals_cap) {
+                int cap = loop->signals_cap ? loop->signals_cap * 2 : 16;
+                unsigned char *grown = realloc(loop->signals, (size_t)cap);
+                if (grown == NULL)
+                    return pyse__fail("realloc: growing the signal buffer to %d", cap);
+                loop->signals = grown;
+                loop->signals_cap = cap;
+            }
+            loop->signals[loop->nsignals++] = buf[i];
         }
         if (n < (ssize_t)sizeof buf)
             return 0;
     }
+}
+
+static int queue_signals(struct pyse_loop *loop)
+{
+    int i;
+    for (i = 0; i < loop->nsignals; i++)
+        if (queue_event(loop, PYSE_EV_SIGNAL, 0, loop->signals[i], 0) < 0)
+            return -1;
+    loop->nsignals = 0;
+    return 0;
 }
 
 static int read_child_pipe(struct pyse_loop *loop, struct child *c, int64_t now);
@@ -697,9 +724,9 @@ static int handle_child_fds(struct pyse_loop *loop, const struct pollfd *pfds, i
  * reached, and a TERM waiting in the self-pipe would starve. */
 static int run_pass(struct pyse_loop *loop, int64_t now, int64_t *deadline)
 {
-    if (reap_children(loop) < 0)
-        return -1;
     if (loop->selfpipe[0] >= 0 && read_signals(loop) < 0)
+        return -1;
+    if (reap_children(loop) < 0 || queue_signals(loop) < 0)
         return -1;
     if (settle_closed_children(loop, now) < 0)
         return -1;
