@@ -41,7 +41,10 @@ def server(tmp_path):
 def assert_clean_tree(run, workers, fds_before):
     pids = run.wait_workers(workers, timeout=30)
     assert zombie_children(run.pid) == []
-    assert open_fds(run.pid).keys() == fds_before.keys(), "the server leaked fds"
+    # As many fds as before (the workers' pipes are new, their numbers may
+    # differ): nothing piled up.
+    assert len(open_fds(run.pid)) == len(fds_before), ("the server leaked fds", fds_before,
+                                                       open_fds(run.pid))
     return pids
 
 
@@ -53,7 +56,8 @@ def finish(run, pids):
 
 
 def test_kill_thousands_of_workers(server):
-    run = server({"workers": 8, "log_level": "info"})
+    # Backoff off: the kills test that the count stays exact, not the backoff.
+    run = server({"workers": 8, "log_level": "info", "restart_backoff_base": 0})
     run.wait_workers(8)
     fds_before = open_fds(run.pid)
     rng = random.Random(1)
@@ -81,6 +85,7 @@ def test_kill_thousands_of_workers(server):
 
 def test_signal_storm_and_kills(server):
     run = server({"workers": 4, "log_level": "info", "disable_sigdump": True,
+                  "restart_backoff_base": 0,
                   "worker_graceful_kill_timeout": 2, "worker_immediate_kill_timeout": 2})
     run.wait_workers(4)
     fds_before = open_fds(run.pid)
@@ -105,15 +110,16 @@ def test_signal_storm_and_kills(server):
 
 
 def test_signals_during_reloads_that_rescale(server):
-    run = server({"workers": 3, "log_level": "info"})
+    run = server({"workers": 3, "log_level": "info", "restart_backoff_base": 0})
     run.wait_workers(3)
     rng = random.Random(3)
     for i in range(max(STORM // 10, 20)):
-        run.write_config({"workers": rng.randint(1, 6), "log_level": "info"})
+        run.write_config({"workers": rng.randint(1, 6), "log_level": "info",
+                          "restart_backoff_base": 0})
         run.signal(signal.SIGUSR2)
         for _ in range(rng.randint(0, 3)):
             run.signal(rng.choice([signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP]))
-    run.write_config({"workers": 5, "log_level": "info"})
+    run.write_config({"workers": 5, "log_level": "info", "restart_backoff_base": 0})
     run.signal(signal.SIGUSR2)
     wait_until(lambda: not (set(run.wait_workers(5, 30)) & {r.pid for r in run.of("stop")}),
                30, "the reloads to settle")
