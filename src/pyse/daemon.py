@@ -30,18 +30,20 @@ from typing import Any, Optional
 # Everything a daemon may need is imported with this module, while the
 # process is still privileged: after chuser the interpreter's own
 # directories may no longer be readable.
-import setproctitle
-
 from pyse import config as config_mod
-from pyse import pidfile, privilege
+from pyse import container, pidfile, privilege, process_title
+from pyse.control_socket import socket_path
 from pyse.config_equivalents import unknown_key_warnings
 from pyse.daemonize import ReadyPipe, StartupError, launch, report_startup_error
 from pyse.embedded_server import EmbeddedServer
 from pyse.logger import LogSetup
 from pyse.process_server import ProcessServer
+from pyse.reporter import TopServerReporter
 from pyse.server import ConfigSource, Server
 from pyse.spawn_server import SpawnServer
 from pyse.supervisor import Supervisor
+from pyse.supervisor_reporter import SupervisorReporter
+from pyse.systemd import Notifier
 from pyse.thread_server import ThreadServer
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
                           IMMEDIATE_STOP, RELOAD)
@@ -89,19 +91,32 @@ class Daemon:
         #: the Server, or the Supervisor with supervisor: true
         self.server: Optional[Server] = None
         self._pid_file: Optional[pidfile.PidFile] = None
+        #: systemd's notification socket, when it started us (Type=notify)
+        self.notifier: Optional[Notifier] = None
+        self._launcher_pid: Optional[int] = None
 
     # -- running -------------------------------------------------------------
     def main(self) -> int:
         """Runs the daemon; returns its exit status (with ``daemonize``, the
         launcher's: 0 once the daemon is up)."""
         error_code = int(self.config["daemonize_error_exit_code"])
+        if container.is_init():
+            container.guard_stop_signals()
+        # Read and removed at once: no child of ours may speak to systemd.
+        self.notifier = Notifier.from_environment()
         try:
             pid_file = self.reserve_pid_file()
         except pidfile.PidFileError as e:
             report_startup_error(str(e))
             return error_code
         if self.config["daemonize"]:
-            return launch(self, pid_file, error_code)
+            self._launcher_pid = os.getpid()
+            code = launch(self, pid_file, error_code)
+            if code == 0 and self.notifier is not None and self.pid is not None:
+                # We are systemd's main process: name the daemon, which is
+                # up, before we exit.
+                self.notifier.daemon_started(self.pid)
+            return code
         self.pid = os.getpid()
         if pid_file is not None:
             try:
@@ -133,7 +148,11 @@ class Daemon:
         """In the daemon process: privileges, logging, the server (or the
         supervisor); returns the exit status.  StartupError for what fails
         before the server is up; the ready pipe, if any, hears about it."""
-        set_process_name(self.config["daemon_process_name"])
+        process_title.set_title(self.config["daemon_process_name"],
+                                "supervisor" if self.config["supervisor"] else "server",
+                                self.worker_class)
+        if ready is not None and self.notifier is not None and self._launcher_pid is not None:
+            self.notifier.wait_for_launcher(self._launcher_pid)
         try:
             drop_privileges(self.config)
             log_setup = LogSetup(self.config)
@@ -179,10 +198,16 @@ class Daemon:
     def build_top(self, log_setup: Any, ready: Optional[ReadyPipe],
                   private_fds: list[int]) -> Server:
         """The server, or its supervisor."""
+        pid_path = self.config["pid_path"]
+        control = socket_path(os.fspath(pid_path)) if pid_path else None
         if self.config["supervisor"]:
-            return Supervisor(self.server_class, self.worker_class, self.config_source,
-                              self.config, log_setup, ready=ready, private_fds=private_fds)
+            supervisor = Supervisor(self.server_class, self.worker_class, self.config_source,
+                                    self.config, log_setup, ready=ready, private_fds=private_fds)
+            supervisor.reporter = SupervisorReporter(supervisor, self.notifier, control,
+                                                     log_setup.logger)
+            return supervisor
         server = self.server_class(self.worker_class, self.config_source, self.config, log_setup)
+        server.reporter = TopServerReporter(server, self.notifier, control, log_setup.logger)
         # Workers must not keep the pid file's lock (it means: the daemon
         # lives).  Servers that do not fork have no private fds.
         if hasattr(server, "private_fds"):
@@ -245,11 +270,6 @@ class Daemon:
             return pidfile.running_pid(os.fspath(path))
         except pidfile.PidFileError as e:
             raise RuntimeError(str(e)) from None
-
-
-def set_process_name(name: Optional[str]) -> None:
-    if name:
-        setproctitle.setproctitle(name)
 
 
 def drop_privileges(config: dict) -> None:

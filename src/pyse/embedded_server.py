@@ -47,6 +47,8 @@ class EmbeddedServer(InProcessServer):
         self.worker: Optional[Worker] = None
         self._restarting: Optional[Worker] = None
         self._wake = threading.Event()
+        #: worker 0's starts and exits (what the backoff and status need)
+        self.history = SlotHistory()
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:
@@ -62,7 +64,7 @@ class EmbeddedServer(InProcessServer):
             server_thread.join()
 
     def run_until_stop(self) -> None:
-        history = SlotHistory()
+        history = self.history
         while True:
             worker = self.create_worker(0)
             with self._lock:
@@ -72,12 +74,14 @@ class EmbeddedServer(InProcessServer):
                     return
                 self.worker = worker
             history.record_start(lowlevel.now())
+            self.reporter.workers_changed()
             description, code = run_worker(worker, self.logger)
             with self._lock:
                 self.worker = None
                 asked = self._stop or self._restarting is worker
             delay = judge_worker_exit(self, 0, history, StartTiming.from_config(self.config),
                                       description, code, asked, not self._stop, lowlevel.now())
+            self.reporter.workers_changed()
             if delay is None:
                 return   # an unrecoverable exit code ends the server
             if delay > 0 and not self._stop:

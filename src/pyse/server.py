@@ -20,6 +20,7 @@ from pyse import lowlevel
 from pyse import sigdump
 from pyse.log_capture import flush_std_streams
 from pyse.process_manager import ParentLink
+from pyse.reporter import Reporter
 from pyse.signals import GRACEFUL_STOP, SERVER_ACTIONS, signal_name
 from pyse.worker import Worker
 
@@ -43,6 +44,9 @@ class Server:
         self.parent_link: Optional[ParentLink] = None
         #: called once, after before_run() returned (set by the daemon/supervisor)
         self.when_ready: Optional[Callable[[], None]] = None
+        #: who hears what this server does: systemd and pyse status (as the
+        #: top process), its supervisor; nobody by default (see pyse.reporter)
+        self.reporter: Reporter = Reporter()
         self.initialize()
 
     # -- user hooks --------------------------------------------------------
@@ -62,6 +66,7 @@ class Server:
     def stop(self, stop_graceful: bool) -> None:
         self.logger.info("Received %s stop", "graceful" if stop_graceful else "immediate")
         self._stop = True
+        self.reporter.stopping()
 
     def restart(self, stop_graceful: bool) -> None:
         self.logger.info("Received %s restart", "graceful" if stop_graceful else "immediate")
@@ -139,11 +144,13 @@ class Server:
             # PR_SET_PDEATHSIG's TERM: the same news as the lifeline's hangup.
             self.parent_gone(self.clock())
             return
+        self.reporter.signal_begins(action)
         try:
             getattr(self, "handle_" + action)()
         except Exception:
             self.logger.exception("Handling %s (%s) raised; the server goes on",
                                   signal_name(signo), action.replace("_", " "))
+        self.reporter.signal_done(action)
 
     def supervisor_died(self) -> bool:
         link = self.parent_link
@@ -223,6 +230,7 @@ class Server:
             # The server counts as up once before_run() returned: the daemon's
             # launcher and the supervisor wait for this (see pyse.daemon).
             self.when_ready()
+        self.reporter.server_ready()
         try:
             self.run()
         finally:

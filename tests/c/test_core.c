@@ -548,6 +548,52 @@ static void test_stamped_beats_read_late(void)
     pyse_loop_free(loop);
 }
 
+/* pyse_loop_refresh_child reads the stamps that piled up since the first
+ * beat now, not at the heartbeat deadline an hour away. */
+static void test_refresh_child(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    struct seen s = {.n = 0};
+    struct pyse_monitor m;
+    struct pyse_event ev[8];
+    int fds[2], n;
+    pid_t pid;
+    int64_t started, stale, deadline;
+
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
+    if (pipe(fds) < 0) {
+        perror("pipe");
+        exit(2);
+    }
+    started = now_ns();
+    pid = fork_child(loop, fds[0], stamp_beats, fds[1]);
+    close(fds[1]);
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], PYSE_CHILD_STAMPED_BEATS, &QUIET, started) == 0,
+          "add");
+    CHECK(collect(loop, &s, PYSE_EV_HEARTBEAT, 1, 10.0, 8) == 0, "the first beat");
+    /* The beats go on for half a second; the loop does not read them. */
+    do {
+        n = pyse_loop_wait(loop, now_ns() + SEC(0.7), ev, 8);
+    } while (n > 0 && ev[0].kind != PYSE_EV_TIMER);
+    CHECK(n == 1 && ev[0].kind == PYSE_EV_TIMER, "a quiet wait (%d events)", n);
+    CHECK(pyse_loop_get_monitor(loop, pid, &m) == 0, "monitor");
+    stale = m.last_heartbeat;
+    CHECK(stale - started < SEC(0.3), "stamps are read lazily (%lld ms)",
+          (long long)((stale - started) / 1000000));
+    deadline = now_ns() + SEC(10);
+    do {
+        CHECK(pyse_loop_refresh_child(loop, pid, now_ns()) == 0, "refresh");
+        CHECK(pyse_loop_get_monitor(loop, pid, &m) == 0, "monitor");
+    } while (m.last_heartbeat - started < SEC(0.4) && now_ns() < deadline);
+    CHECK(m.last_heartbeat - started >= SEC(0.4) && m.last_heartbeat <= now_ns(),
+          "the latest stamp after a refresh (%lld ms)",
+          (long long)((m.last_heartbeat - started) / 1000000));
+    CHECK(pyse_loop_refresh_child(loop, 1, now_ns()) < 0 && errno == ESRCH, "unknown pid");
+    kill(pid, SIGKILL);
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 8) == 0, "reaped");
+    pyse_loop_free(loop);
+}
+
 /* A beat written with any bytes, heartbeat optional: no timeout before the
  * first beat; the timeout applies after it. */
 static int beat_once_late(int w)
@@ -674,6 +720,7 @@ int main(void)
     test_child_side();
     test_free_with_children();
     test_stamped_beats_read_late();
+    test_refresh_child();
     test_optional_heartbeat();
     test_watched_fds_and_parent_heartbeat();
     test_error_context_per_thread();

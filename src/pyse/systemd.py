@@ -1,0 +1,290 @@
+"""systemd's notification protocol (``sd_notify``), spoken by the top
+process only: the server, or the supervisor with ``supervisor: true``.
+
+systemd hands a ``Type=notify`` service the address of a datagram socket in
+``NOTIFY_SOCKET`` (a path, or ``@name`` for a name in the abstract
+namespace) and, with ``WatchdogSec=``, the watchdog period in
+``WATCHDOG_USEC`` and the pid it is meant for in ``WATCHDOG_PID``.  pyse
+reads the three once, where the daemon starts, and removes them from its
+environment at once, as sd_notify's ``unset_environment`` does: no worker,
+no spawned command and no server under a supervisor may talk to systemd on
+the service's behalf.  What the top process sends (see docs/systemd.md):
+
+- ``READY=1`` once the first workers run (with ``STATUS=`` and ``MAINPID=``);
+- ``RELOADING=1`` with ``MONOTONIC_USEC=`` when a reload (USR2) or a restart
+  (USR1, HUP) begins, and ``READY=1`` once it is done;
+- ``STOPPING=1`` when it begins to stop;
+- ``STATUS=`` whenever the worker counts change;
+- ``WATCHDOG=1`` every half period from its loop, only while the loop runs;
+- ``MAINPID=`` with ``daemonize``: the launcher, which systemd started and
+  takes for the main process, names the daemon just before it exits.
+
+Each message goes out on a fresh socket (as sd_notify does), so no fd of
+ours lingers for children to inherit; a send never blocks.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, MutableMapping, Optional
+
+from pyse import lowlevel
+from pyse.process_manager import ORPHAN_KILL_GRACE
+
+#: the variables systemd sets for the notification protocol; all three are
+#: removed from the environment once read
+NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def socket_address(value: str) -> str:
+    """NOTIFY_SOCKET's value as an AF_UNIX address: a path, or ``@name``
+    for ``\\0name`` in the abstract namespace.  ValueError for anything
+    else, as sd_notify refuses it."""
+    if value.startswith("@") and len(value) > 1:
+        return "\0" + value[1:]
+    if value.startswith("/"):
+        return value
+    raise ValueError(f"NOTIFY_SOCKET={value!r}: expected an absolute path or @name")
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as ``MONOTONIC_USEC=`` wants it."""
+    return lowlevel.now_ns() // 1000
+
+
+@dataclass
+class Notifier:
+    """Sends notifications to the service manager at ``address``.
+
+    ``watchdog_interval``: systemd's watchdog period in seconds (None: no
+    watchdog for this process).  ``setup_problems``: what was wrong with the
+    environment, for the log once there is one."""
+
+    address: str
+    watchdog_interval: Optional[float] = None
+    setup_problems: list[str] = field(default_factory=list)
+    #: set by the launcher of a daemonized start, which announces the
+    #: daemon's first READY=1 itself (it is systemd's main process)
+    launcher_announces_ready: bool = False
+    logger: Optional[logging.Logger] = None
+    #: with daemonize, in the daemon: the launcher as (pid, start time).
+    #: systemd takes messages from its main process only (NotifyAccess=main),
+    #: and that is the launcher until it has named the daemon (MAINPID=) and
+    #: exited; the daemon holds its messages until then
+    launcher: Optional[tuple[int, int]] = None
+    _held_status: Optional[str] = None
+    _failed_errnos: set[int] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_environment(cls, environ: Optional[MutableMapping[str, str]] = None,
+                         pid: Optional[int] = None) -> Optional["Notifier"]:
+        """The notifier the environment asks for, or None without
+        NOTIFY_SOCKET.  The variables are removed from ``environ`` (default
+        os.environ) whatever they hold.  The watchdog applies when
+        WATCHDOG_USEC is a positive integer and WATCHDOG_PID is unset or
+        names this process (``pid``, default our own)."""
+        environ = os.environ if environ is None else environ
+        values = {name: environ.pop(name, None) for name in NOTIFY_VARIABLES}
+        if not values["NOTIFY_SOCKET"]:
+            return None
+        problems: list[str] = []
+        try:
+            address = socket_address(values["NOTIFY_SOCKET"])
+        except ValueError as e:
+            # Nothing can be sent; say so once the log exists.
+            return cls(address="", setup_problems=[f"systemd notifications are off: {e}"])
+        interval = watchdog_interval(values["WATCHDOG_USEC"], values["WATCHDOG_PID"],
+                                     os.getpid() if pid is None else pid, problems)
+        return cls(address=address, watchdog_interval=interval, setup_problems=problems)
+
+    # -- messages ------------------------------------------------------------------
+    def send(self, *assignments: str) -> bool:
+        """Sends one datagram of ``KEY=value`` lines; True if it went out.
+        A failure is logged once per errno (the service manager may be gone
+        or busy; a notification is never worth blocking or dying for)."""
+        if not self.address:
+            return False
+        if self.launcher is not None:
+            if not self._launcher_gone():
+                self._held_status = next((a for a in assignments if a.startswith("STATUS=")),
+                                         self._held_status)
+                return False
+            if self._held_status and not any(a.startswith("STATUS=") for a in assignments):
+                assignments = (*assignments, self._held_status)
+            self._held_status = None
+        message = "\n".join(assignments).encode("utf-8", "replace")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message, socket.MSG_DONTWAIT, self.address)
+        except OSError as e:
+            self._report_failure(e)
+            return False
+        return True
+
+    def _report_failure(self, error: OSError) -> None:
+        with self._lock:
+            first = error.errno not in self._failed_errnos
+            self._failed_errnos.add(error.errno or 0)
+        if first and self.logger is not None:
+            self.logger.warning("Sending a notification to systemd at %r failed: %s "
+                                "(further failures like this one are not logged)",
+                                self.address.replace("\0", "@"), error)
+
+    def wait_for_launcher(self, launcher_pid: int) -> None:
+        """In a daemonized start's daemon: hold every message until the
+        launcher has exited, and leave the first READY=1 to it."""
+        started = process_start_time(launcher_pid)
+        self.launcher_announces_ready = True
+        if started is not None:
+            self.launcher = (launcher_pid, started)
+
+    def _launcher_gone(self) -> bool:
+        assert self.launcher is not None
+        pid, started = self.launcher
+        if process_start_time(pid) != started:   # gone, a zombie, or its pid reused
+            self.launcher = None
+            return True
+        return False
+
+    def ready(self, status: str, main_pid: Optional[int] = None) -> bool:
+        if self.launcher_announces_ready:
+            self.launcher_announces_ready = False   # the launcher said it
+            return self.status(status)
+        fields = ["READY=1", f"STATUS={status}"]
+        if main_pid is not None:
+            fields.append(f"MAINPID={main_pid}")
+        return self.send(*fields)
+
+    def reloading(self, status: str = "reloading") -> bool:
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
+                         f"STATUS={status}")
+
+    def stopping(self, status: str = "stopping") -> bool:
+        return self.send("STOPPING=1", f"STATUS={status}")
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={text}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def daemon_started(self, daemon_pid: int) -> bool:
+        """The launcher's last word: the daemon is the main process now, and
+        it is ready (its first workers run)."""
+        return self.send(f"MAINPID={daemon_pid}", "READY=1",
+                         "STATUS=started; the daemon is the main process now")
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """pid's start time (clock ticks after boot), which with the pid names
+    one process; None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def watchdog_interval(usec: Optional[str], for_pid: Optional[str], pid: int,
+                      problems: list[str]) -> Optional[float]:
+    """The watchdog period in seconds from WATCHDOG_USEC and WATCHDOG_PID,
+    or None (no watchdog, or one meant for another process)."""
+    if not usec:
+        return None
+    if for_pid:
+        try:
+            if int(for_pid) != pid:
+                return None  # meant for another process (sd_watchdog_enabled's rule)
+        except ValueError:
+            problems.append(f"WATCHDOG_PID={for_pid!r} is not a pid: no watchdog")
+            return None
+    try:
+        value = int(usec)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        problems.append(f"WATCHDOG_USEC={usec!r} is not a positive integer: no watchdog")
+        return None
+    return value / 1_000_000
+
+
+class WatchdogTimer:
+    """A watcher (see :mod:`pyse.watching`) with no fd: every half watchdog
+    period, ``pet()``.  Served by the loop of the top process, so the pets
+    stop when that loop stops coming back (a hook that blocks it, a wedged
+    process): that is the point of a watchdog."""
+
+    def __init__(self, interval: float, pet: Callable[[], object], now: float) -> None:
+        self.period = interval / 2
+        self.pet = pet
+        self.due = now
+
+    def watches(self) -> list:
+        return []
+
+    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
+        """No fd: never called."""
+
+    def next_deadline(self) -> Optional[float]:
+        return self.due
+
+    def handle_deadline(self, now: float) -> None:
+        self.due = now + self.period
+        self.pet()
+
+
+# -- how long a stop may take ---------------------------------------------------------
+
+def kill_budget(config: dict, prefix: str) -> Optional[float]:
+    """Seconds from a graceful stop of one monitored child (prefix
+    ``worker_`` or ``server_``) to the KILL that ends it at the latest, by
+    the kill escalation of the validated configuration; None when it may
+    never be killed (a timeout of -1).
+
+    The graceful stop turns immediate after ``graceful_kill_timeout`` G;
+    from then on a QUIT goes out at once and again after I, I + J, ... (I
+    the interval, J the increment), the k-th step at ``k*I + J*k*(k-1)/2``;
+    KILL replaces QUIT at the first step at or after
+    ``immediate_kill_timeout`` T."""
+    graceful = config[prefix + "graceful_kill_timeout"]
+    timeout = config[prefix + "immediate_kill_timeout"]
+    if graceful < 0 or timeout < 0:
+        return None
+    interval = config[prefix + "immediate_kill_interval"]
+    increment = config[prefix + "immediate_kill_interval_increment"]
+    k, offset = 0, 0.0
+    while offset < timeout:
+        k += 1
+        offset = k * interval + increment * k * (k - 1) / 2
+    return graceful + offset
+
+
+def stop_budget(config: dict) -> Optional[float]:
+    """Seconds a graceful stop of the whole tree takes at the latest, by
+    pyse's own escalation; None when nothing bounds it.
+
+    - Process and spawn workers: the workers' kill budget.
+    - Thread and embedded workers cannot be killed: no bound, unless a
+      supervisor kills their server process (the server's kill budget).
+    - Under a supervisor, process workers are also bounded by the server's
+      kill budget plus what an orphaned worker gets once its server is
+      killed (``worker_orphan_timeout`` and the 1 s backstop); whichever
+      comes first.  A spawned command whose server is killed only gets a
+      TERM, so for spawn workers only their own budget counts, and only if
+      the server outlives it."""
+    worker_type = config["worker_type"]
+    workers = kill_budget(config, "worker_") if worker_type in ("process", "spawn") else None
+    if not config["supervisor"]:
+        return workers
+    server = kill_budget(config, "server_")
+    if worker_type == "spawn":
+        return workers if server is None or (workers is not None and workers <= server) else None
+    if server is not None and worker_type == "process":
+        server += config["worker_orphan_timeout"] + ORPHAN_KILL_GRACE
+    bounds = [b for b in (workers, server) if b is not None]
+    return min(bounds) if bounds else None
