@@ -35,7 +35,7 @@ from pyse import lowlevel, status
 from pyse.control_socket import ControlSocketServer
 from pyse.line_channel import Channel
 from pyse.status import WorkerCounts
-from pyse.systemd import Notifier, WatchdogTimer
+from pyse.systemd import LauncherWatch, Notifier, WatchdogTimer
 from pyse.watching import Watcher
 
 #: the actions (see pyse.signals) that reload or restart: RELOADING=1 first
@@ -201,13 +201,9 @@ class TopServerReporter(ServerReporter):
     def attach(self, loop: ServingLoop) -> None:
         super().attach(loop)
         self.control = open_control_socket(self.control_path, self.answer, self.logger, loop)
-        notifier = self.notifier
-        if notifier is None:
-            return
-        start_notifier(notifier, self.logger)
-        if notifier.watchdog_interval is not None:
-            pet = notifier.watchdog if loop.post_probe is None else self.request_probe
-            loop.add_watcher(WatchdogTimer(notifier.watchdog_interval, pet, lowlevel.now()))
+        if self.notifier is not None:
+            start_notifier(self.notifier, self.logger, loop, self.notifier.watchdog
+                           if loop.post_probe is None else self.request_probe)
 
     def request_probe(self) -> None:
         """In-process servers: the pet is the server thread's to send; ask
@@ -289,13 +285,20 @@ class SupervisedServerReporter(ServerReporter):
         self.channel.close("the server is exiting")
 
 
-def start_notifier(notifier: Notifier, logger: logging.Logger) -> None:
-    """The notifier logs from now on; what was wrong with its environment
-    is logged once."""
+def start_notifier(notifier: Notifier, logger: logging.Logger, loop: ServingLoop,
+                   pet: Callable[[], object]) -> None:
+    """The top process's loop starts: the notifier logs from now on (what
+    was wrong with its environment, once), its watchdog timer calls pet
+    every half period, and a daemon watches for its launcher's exit."""
     notifier.logger = logger
     for problem in notifier.setup_problems:
         logger.warning("%s", problem)
     notifier.setup_problems = []
+    now = lowlevel.now()
+    if notifier.watchdog_interval is not None:
+        loop.add_watcher(WatchdogTimer(notifier.watchdog_interval, pet, now))
+    if notifier.launcher is not None:
+        loop.add_watcher(LauncherWatch(notifier, now))
 
 
 def open_control_socket(path: Optional[str], answer: Callable[..., None],

@@ -35,7 +35,7 @@ from pyse.reporter import (RELOAD_ACTIONS, Reporter, ServingLoop, SupervisedServ
                            open_control_socket, start_notifier)
 from pyse.signals import describe_wait_status
 from pyse.status import WorkerCounts
-from pyse.systemd import Notifier, WatchdogTimer
+from pyse.systemd import Notifier
 
 #: seconds the supervisor waits for its server's part of a status report
 SERVER_REPLY_TIMEOUT = 2.0
@@ -77,10 +77,7 @@ class SupervisorReporter(Reporter):
         loop.add_watcher(self)
         self.control = open_control_socket(self.control_path, self.answer, self.logger, loop)
         if self.notifier is not None:
-            start_notifier(self.notifier, self.logger)
-            if self.notifier.watchdog_interval is not None:
-                loop.add_watcher(WatchdogTimer(self.notifier.watchdog_interval,
-                                               self.notifier.watchdog, lowlevel.now()))
+            start_notifier(self.notifier, self.logger, loop, self.notifier.watchdog)
 
     def close(self) -> None:
         if self.control is not None:

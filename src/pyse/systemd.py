@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Callable, MutableMapping, Optional
 
 from pyse import lowlevel
-from pyse.process_manager import ORPHAN_KILL_GRACE
 
 #: the variables systemd sets for the notification protocol; all three are
 #: removed from the environment once read
@@ -109,13 +108,14 @@ class Notifier:
         if not self.address:
             return False
         if self.launcher is not None:
-            if not self._launcher_gone():
-                self._held_status = next((a for a in assignments if a.startswith("STATUS=")),
-                                         self._held_status)
-                return False
-            if self._held_status and not any(a.startswith("STATUS=") for a in assignments):
-                assignments = (*assignments, self._held_status)
-            self._held_status = None
+            with self._lock:
+                if not self.launcher_gone():
+                    self._held_status = next(
+                        (a for a in assignments if a.startswith("STATUS=")), self._held_status)
+                    return False
+                held, self._held_status = self._held_status, None
+            if held and not any(a.startswith("STATUS=") for a in assignments):
+                assignments = (*assignments, held)
         message = "\n".join(assignments).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
@@ -142,13 +142,25 @@ class Notifier:
         if started is not None:
             self.launcher = (launcher_pid, started)
 
-    def _launcher_gone(self) -> bool:
-        assert self.launcher is not None
+    def launcher_gone(self) -> bool:
+        """Whether the launcher has exited (always, outside a daemonized
+        start); the first time it has, the held STATUS may go out."""
+        if self.launcher is None:
+            return True
         pid, started = self.launcher
         if process_start_time(pid) != started:   # gone, a zombie, or its pid reused
             self.launcher = None
             return True
         return False
+
+    def send_held(self) -> None:
+        """If the launcher has exited, what was held back goes out now."""
+        with self._lock:
+            if not self.launcher_gone():
+                return
+            held, self._held_status = self._held_status, None
+        if held:
+            self.send(held)
 
     def ready(self, status: str, main_pid: Optional[int] = None) -> bool:
         if self.launcher_announces_ready:
@@ -238,53 +250,44 @@ class WatchdogTimer:
         self.pet()
 
 
-# -- how long a stop may take ---------------------------------------------------------
+class LauncherWatch:
+    """A watcher: in a daemonized start's daemon, it notices the launcher's
+    exit (a pidfd turns readable; without pidfds, a look every 0.1 s), so
+    that the messages held back until then go out."""
 
-def kill_budget(config: dict, prefix: str) -> Optional[float]:
-    """Seconds from a graceful stop of one monitored child (prefix
-    ``worker_`` or ``server_``) to the KILL that ends it at the latest, by
-    the kill escalation of the validated configuration; None when it may
-    never be killed (a timeout of -1).
+    POLL_INTERVAL = 0.1
 
-    The graceful stop turns immediate after ``graceful_kill_timeout`` G;
-    from then on a QUIT goes out at once and again after I, I + J, ... (I
-    the interval, J the increment), the k-th step at ``k*I + J*k*(k-1)/2``;
-    KILL replaces QUIT at the first step at or after
-    ``immediate_kill_timeout`` T."""
-    graceful = config[prefix + "graceful_kill_timeout"]
-    timeout = config[prefix + "immediate_kill_timeout"]
-    if graceful < 0 or timeout < 0:
-        return None
-    interval = config[prefix + "immediate_kill_interval"]
-    increment = config[prefix + "immediate_kill_interval_increment"]
-    k, offset = 0, 0.0
-    while offset < timeout:
-        k += 1
-        offset = k * interval + increment * k * (k - 1) / 2
-    return graceful + offset
+    def __init__(self, notifier: Notifier, now: float) -> None:
+        self.notifier = notifier
+        self.fd: Optional[int] = None
+        self.due: Optional[float] = None
+        if notifier.launcher is None:
+            return
+        try:
+            self.fd = os.pidfd_open(notifier.launcher[0])
+        except (OSError, AttributeError):   # gone already, or no pidfds here
+            self.due = now
+        if self.fd is not None and notifier.launcher_gone():
+            self.finish()   # the pidfd may name a process that reused the pid
 
+    def finish(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.due = None
+        self.notifier.send_held()
 
-def stop_budget(config: dict) -> Optional[float]:
-    """Seconds a graceful stop of the whole tree takes at the latest, by
-    pyse's own escalation; None when nothing bounds it.
+    def watches(self) -> list[tuple[int, bool, bool]]:
+        return [] if self.fd is None else [(self.fd, True, False)]
 
-    - Process and spawn workers: the workers' kill budget.
-    - Thread and embedded workers cannot be killed: no bound, unless a
-      supervisor kills their server process (the server's kill budget).
-    - Under a supervisor, process workers are also bounded by the server's
-      kill budget plus what an orphaned worker gets once its server is
-      killed (``worker_orphan_timeout`` and the 1 s backstop); whichever
-      comes first.  A spawned command whose server is killed only gets a
-      TERM, so for spawn workers only their own budget counts, and only if
-      the server outlives it."""
-    worker_type = config["worker_type"]
-    workers = kill_budget(config, "worker_") if worker_type in ("process", "spawn") else None
-    if not config["supervisor"]:
-        return workers
-    server = kill_budget(config, "server_")
-    if worker_type == "spawn":
-        return workers if server is None or (workers is not None and workers <= server) else None
-    if server is not None and worker_type == "process":
-        server += config["worker_orphan_timeout"] + ORPHAN_KILL_GRACE
-    bounds = [b for b in (workers, server) if b is not None]
-    return min(bounds) if bounds else None
+    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
+        self.finish()
+
+    def next_deadline(self) -> Optional[float]:
+        return self.due
+
+    def handle_deadline(self, now: float) -> None:
+        if self.notifier.launcher_gone():
+            self.finish()
+        else:
+            self.due = now + self.POLL_INTERVAL
