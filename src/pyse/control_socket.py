@@ -9,7 +9,7 @@ file.  The top process serves it from its loop as a watcher (see
 :mod:`pyse.watching`), without blocking: a client has
 :data:`CLIENT_TIMEOUT` seconds from its connection to the end of the
 answer, after which it is dropped, and at most :data:`MAX_CLIENTS` are
-served at once (a client beyond that is closed at once).  So a client that
+served at once (a new client drops the oldest).  So a client that
 connects and never sends, or never reads, costs a few bytes and a few
 seconds, never the loop.
 
@@ -118,10 +118,12 @@ class ControlSocketServer:
     is called once per client request, in the loop's thread; it may
     respond at once or later (the supervisor asks its server first)."""
 
-    def __init__(self, path: str, answer: Answer, logger: logging.Logger) -> None:
+    def __init__(self, path: str, answer: Answer, logger: logging.Logger,
+                 client_timeout: float = CLIENT_TIMEOUT) -> None:
         self.path = path
         self.answer = answer
         self.logger = logger
+        self.client_timeout = client_timeout
         self.listener: Optional[socket.socket] = None
         self.clients: dict[int, Client] = {}
         self._identity: Optional[tuple[int, int]] = None
@@ -201,11 +203,15 @@ class ControlSocketServer:
                 # this loop must not spin on it; it is retried next wake-up.
                 self.logger.warning("Control socket %s: accept failed: %s", self.path, e)
                 return
-            if len(self.clients) >= MAX_CLIENTS or not self.peer_allowed(sock):
+            if not self.peer_allowed(sock):
                 sock.close()
                 continue
+            if len(self.clients) >= MAX_CLIENTS:
+                # The oldest makes room: clients that hold a connection and
+                # never finish must not lock the next one out.
+                self.drop(min(self.clients, key=lambda fd: self.clients[fd].deadline))
             connection = LineConnection(sock, max_line=MAX_REQUEST)
-            self.clients[connection.fd] = Client(connection, now + CLIENT_TIMEOUT)
+            self.clients[connection.fd] = Client(connection, now + self.client_timeout)
 
     @staticmethod
     def peer_allowed(sock: socket.socket) -> bool:
