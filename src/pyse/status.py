@@ -162,11 +162,13 @@ def server_entry(server: Any, pid: int, state: str, now: float,
 
 
 def report(supervisor: Optional[dict], server: Optional[dict], workers: list[dict],
-           counts: Optional[WorkerCounts], **extra: Any) -> dict:
-    """The whole report, as the control socket answers it."""
+           counts: Optional[WorkerCounts], detached_servers: Optional[list[dict]] = None,
+           note: Optional[str] = None) -> dict:
+    """The whole report, as the control socket answers it (docs/cli.md)."""
     return {"version": REPORT_VERSION, "time": round(time.time(), 3),
-            "supervisor": supervisor, "server": server, "workers": workers,
-            "counts": asdict(counts) if counts is not None else None, **extra}
+            "supervisor": supervisor, "server": server,
+            "detached_servers": detached_servers or [], "workers": workers,
+            "counts": asdict(counts) if counts is not None else None, "note": note}
 
 
 # -- the table ----------------------------------------------------------------------------
