@@ -21,6 +21,7 @@ from pyse import control_socket, lowlevel
 from pyse.control_socket import ControlSocketError, ControlSocketServer
 from pyse.lowlevel import EventKind
 from pyse.watching import WatcherSet
+from test_socket_manager import fork_and_report
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -228,25 +229,14 @@ def test_another_user_is_turned_away_even_with_a_widened_mode(served, open_dir):
 
     def attempt(widen: bool) -> str:
         os.chmod(path, 0o666 if widen else 0o600)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
+
+        def as_nobody() -> bytes:
+            os.setuid(nobody)
             try:
-                os.close(r)
-                os.setuid(nobody)
-                try:
-                    answer = control_socket.query(path, timeout=3)
-                    os.write(w, repr(answer).encode())
-                except ControlSocketError as e:
-                    os.write(w, str(e).encode())
-            finally:
-                os._exit(code)
-        os.close(w)
-        with os.fdopen(r, "rb") as reader:
-            text = reader.read().decode()
-        helpers.wait_pid_exit(pid, 10)
-        return text
+                return repr(control_socket.query(path, timeout=3)).encode()
+            except ControlSocketError as e:
+                return str(e).encode()
+        return fork_and_report(as_nobody).decode()
 
     assert "Permission denied" in attempt(widen=False)
     # Dropped without an answer: the server closes before or after the

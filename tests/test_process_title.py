@@ -10,27 +10,13 @@ import sys
 import pytest
 
 import helpers
-from notify_harness import pids_of_workers, start_pyse
+from ops_harness import APP, pids_of_workers, start_pyse
 from pyse.process_title import app_label
 from pyse.worker import Worker, mix_in
 from test_cli import write
 
 pytestmark = pytest.mark.timeout(60)
 
-APP = """
-import pyse
-
-class W:
-    def initialize(self):
-        self.flag = pyse.BlockingFlag()
-
-    def run(self):
-        while not self.flag.wait_for_set(1.0):
-            pass
-
-    def stop(self):
-        self.flag.set()
-"""
 
 
 class Plain:

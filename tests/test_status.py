@@ -15,55 +15,12 @@ from typing import Callable, Iterator, Optional
 import pytest
 
 import helpers
-from notify_harness import start_pyse
+from ops_harness import APP, start_pyse
 from pyse import control_socket, status
 from test_cli import pyse_command, write
 
 pytestmark = pytest.mark.timeout(120)
 
-APP = '''
-import os
-import pyse
-
-
-class W:
-    def initialize(self):
-        self.flag = pyse.BlockingFlag()
-
-    def run(self):
-        while not self.flag.wait_for_set(1.0):
-            pass
-
-    def stop(self):
-        self.flag.set()
-
-
-class Spawner:
-    def spawn(self, process_manager):
-        process_manager.spawn({}, "sleep", "60")
-
-
-class Crashing(W):
-    """Its first run ends at once with status 3; later runs last."""
-
-    def run(self):
-        marker = os.environ["CRASH_MARKER"] + str(self.worker_id)
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            raise SystemExit(3)
-        super().run()
-
-
-class WedgedReload:
-    """A server whose reload() blocks its loop until the test writes a byte
-    to RELOAD_FIFO."""
-
-    def reload(self):
-        self.logger.info("reload() waits for the FIFO")
-        with open(os.environ["RELOAD_FIFO"], "rb") as fifo:
-            fifo.read(1)
-        super().reload()
-'''
 
 WORKER_KEYS = {"id", "pid", "thread", "state", "uptime", "restarts", "failures",
                "heartbeat_age", "last_exit"}

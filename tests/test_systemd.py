@@ -12,42 +12,12 @@ from pathlib import Path
 import pytest
 
 import helpers
-from notify_harness import NotifyListener, is_key, pids_of_workers, start_pyse
+from ops_harness import APP, NotifyListener, is_key, pids_of_workers, start_pyse
 from pyse import systemd
 from test_cli import pyse_command, write
 
 pytestmark = pytest.mark.timeout(120)
 
-APP = '''
-import os
-import pyse
-
-
-class W:
-    def initialize(self):
-        self.flag = pyse.BlockingFlag()
-
-    def run(self):
-        seen = [name for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-                if name in os.environ]
-        self.logger.info("worker %d sees %s", self.worker_id, seen or "no systemd variable")
-        while not self.flag.wait_for_set(1.0):
-            pass
-
-    def stop(self):
-        self.flag.set()
-
-
-class WedgedReload:
-    """A server whose reload() blocks the server until the test writes a
-    byte to RELOAD_FIFO."""
-
-    def reload(self):
-        self.logger.info("reload() waits for the FIFO")
-        with open(os.environ["RELOAD_FIFO"], "rb") as fifo:
-            fifo.read(1)
-        super().reload()
-'''
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ import signal
 import sys
 from typing import Any, Iterable, Optional
 
+from pyse.watching import Timer
+
 #: seconds between two looks for zombies by an in-process server as PID 1
 ORPHAN_SCAN_INTERVAL = 1.0
 #: what the early handlers stand in for: the default action, death
@@ -122,22 +124,12 @@ def reap_orphans(logger: logging.Logger, zombies: Optional[Iterable[int]] = None
     return reaped
 
 
-class OrphanReaper:
-    """A watcher with no fd (see :mod:`pyse.watching`), served by an
-    in-process server's control thread when it is PID 1."""
+class OrphanReaper(Timer):
+    """Served by an in-process server's control thread when it is PID 1."""
 
     def __init__(self, logger: logging.Logger, now: float) -> None:
         self.logger = logger
-        self.due = now + ORPHAN_SCAN_INTERVAL
-
-    def watches(self) -> list:
-        return []
-
-    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
-        """No fd: never called."""
-
-    def next_deadline(self) -> Optional[float]:
-        return self.due
+        self.due: Optional[float] = now + ORPHAN_SCAN_INTERVAL
 
     def handle_deadline(self, now: float) -> None:
         self.due = now + ORPHAN_SCAN_INTERVAL

@@ -8,10 +8,16 @@ order:
    daemon is up;
 2. the pid file (``pid_path``) is reserved (refused while a live daemon
    holds it, see :mod:`pyse.pidfile`);
-3. the process title (``daemon_process_name``), then ``chuser``/``chgroup``/
-   ``chumask`` (after daemonizing, before the server exists, in both modes);
+3. the process title (``daemon_process_name``, else pyse's own, see
+   :mod:`pyse.process_title`), then ``chuser``/``chgroup``/``chumask``
+   (after daemonizing, before the server exists, in both modes);
 4. logging, then the server, or with ``supervisor: true`` the supervisor of
-   a server process (:mod:`pyse.supervisor`).
+   a server process (:mod:`pyse.supervisor`), with its reporter: systemd's
+   notifications and the control socket (:mod:`pyse.reporter`).
+
+Before all that, systemd's notification variables are read and removed
+from the environment (:mod:`pyse.systemd`), and as PID 1 the stop signals
+are given handlers (:mod:`pyse.container`).
 
 "Up" means: the server's ``before_run()`` returned (under a supervisor: the
 first server process's ``before_run()``).  Only then does the launcher

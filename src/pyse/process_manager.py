@@ -237,12 +237,7 @@ class ProcessManager:
         assert self.loop is not None and self._lifeline is not None, "open() first"
         heartbeat_r, heartbeat_w = os.pipe()
         lifeline_r, lifeline_w = self._lifeline
-        # The fds our watchers serve (a broker's sockets, its clients) are
-        # ours alone: a child holding one would keep a client waiting on it.
-        # What they want watched now, not at the last wait: a watcher may
-        # have opened an fd since (a client it accepted).
-        self._watcher_set.sync(self.loop)
-        close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *self._watcher_set.watched,
+        close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *self.watched_fds(),
                      *close_in_child]
         parent_pid = os.getpid()
         # Block our signals across the fork: until the child has dropped our
@@ -312,6 +307,14 @@ class ProcessManager:
 
     def remove_watcher(self, watcher: Watcher) -> None:
         self._watcher_set.remove(watcher, self.loop)
+
+    def watched_fds(self) -> list[int]:
+        """The fds our watchers serve (a broker's sockets, its clients, the
+        control socket): ours alone, since a child holding one would keep a
+        client waiting on it.  Those of now, not of the last wait: a watcher
+        may have accepted a client since."""
+        self._watcher_set.sync(self.loop)
+        return list(self._watcher_set.watched)
 
     # -- waiting -------------------------------------------------------------
     def wait(self, deadline: Optional[float]) -> list[Event]:

@@ -36,6 +36,7 @@ from pyse.reporter import (RELOAD_ACTIONS, Reporter, ServingLoop, SupervisedServ
 from pyse.signals import describe_wait_status
 from pyse.status import WorkerCounts
 from pyse.systemd import Notifier
+from pyse.watching import Timer
 
 #: seconds the supervisor waits for its server's part of a status report
 SERVER_REPLY_TIMEOUT = 2.0
@@ -51,7 +52,10 @@ class PendingRequest:
     base: dict          # the report as the supervisor alone knows it
 
 
-class SupervisorReporter(Reporter):
+class SupervisorReporter(Reporter, Timer):
+    """The supervisor's reporter; as a timer (see pyse.watching), it ends
+    the status requests its server does not answer in time."""
+
     def __init__(self, supervisor: Any, notifier: Optional[Notifier],
                  control_path: Optional[str], logger: logging.Logger) -> None:
         self.supervisor = supervisor
@@ -239,13 +243,7 @@ class SupervisorReporter(Reporter):
                     for proc in sup.detached.values()]
         return status.report(supervisor, server, [], None, detached_servers=detached)
 
-    # -- the watcher: the requests' deadlines --------------------------------------------
-    def watches(self) -> list:
-        return []
-
-    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
-        """No fd: never called."""
-
+    # -- the timer: the requests' deadlines --------------------------------------------
     def next_deadline(self) -> Optional[float]:
         return min((r.deadline for r in self.requests.values()), default=None)
 

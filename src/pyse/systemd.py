@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, MutableMapping, Optional
 
 from pyse import lowlevel
+from pyse.watching import Timer
 
 #: the variables systemd sets for the notification protocol; all three are
 #: removed from the environment once read
@@ -225,32 +226,22 @@ def watchdog_interval(usec: Optional[str], for_pid: Optional[str], pid: int,
     return value / 1_000_000
 
 
-class WatchdogTimer:
-    """A watcher (see :mod:`pyse.watching`) with no fd: every half watchdog
-    period, ``pet()``.  Served by the loop of the top process, so the pets
-    stop when that loop stops coming back (a hook that blocks it, a wedged
-    process): that is the point of a watchdog."""
+class WatchdogTimer(Timer):
+    """Every half watchdog period, ``pet()``.  Served by the loop of the top
+    process, so the pets stop when that loop stops coming back (a hook that
+    blocks it, a wedged process): that is the point of a watchdog."""
 
     def __init__(self, interval: float, pet: Callable[[], object], now: float) -> None:
         self.period = interval / 2
         self.pet = pet
-        self.due = now
-
-    def watches(self) -> list:
-        return []
-
-    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
-        """No fd: never called."""
-
-    def next_deadline(self) -> Optional[float]:
-        return self.due
+        self.due: Optional[float] = now
 
     def handle_deadline(self, now: float) -> None:
         self.due = now + self.period
         self.pet()
 
 
-class LauncherWatch:
+class LauncherWatch(Timer):
     """A watcher: in a daemonized start's daemon, it notices the launcher's
     exit (a pidfd turns readable; without pidfds, a look every 0.1 s), so
     that the messages held back until then go out."""
@@ -282,9 +273,6 @@ class LauncherWatch:
 
     def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
         self.finish()
-
-    def next_deadline(self) -> Optional[float]:
-        return self.due
 
     def handle_deadline(self, now: float) -> None:
         if self.notifier.launcher_gone():

@@ -37,6 +37,26 @@ class Watcher(Protocol):
         """The deadline has come (or passed)."""
 
 
+class Timer:
+    """A watcher with no fd, only a deadline (``due``; None: none): a base
+    for the timers a loop serves (systemd's watchdog, PID 1's reaping...),
+    which override handle_deadline()."""
+
+    due: Optional[float] = None
+
+    def watches(self) -> Iterable[tuple[int, bool, bool]]:
+        return ()
+
+    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
+        """No fd: never called."""
+
+    def next_deadline(self) -> Optional[float]:
+        return self.due
+
+    def handle_deadline(self, now: float) -> None:
+        raise NotImplementedError
+
+
 class WatcherSet:
     """The watchers one loop serves, and what that loop watches for them."""
 

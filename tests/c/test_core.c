@@ -103,8 +103,10 @@ static pid_t fork_child(struct pyse_loop *loop, int close_fd, int (*body)(int), 
     return pid;
 }
 
-/* Adds a forked child with a heartbeat pipe; returns its pid. */
-static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_kill_config *c)
+/* Adds a forked child with a heartbeat pipe and these flags, started at
+ * `started`; returns its pid. */
+static pid_t spawn_flagged(struct pyse_loop *loop, int (*body)(int),
+                           const struct pyse_kill_config *c, int flags, int64_t started)
 {
     int fds[2];
     pid_t pid;
@@ -116,8 +118,13 @@ static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_k
     pid = fork_child(loop, fds[0], body, fds[1]);
     close(fds[1]);
     CHECK(pid > 0, "fork");
-    CHECK(pyse_loop_add_child(loop, pid, fds[0], 0, c, now_ns()) == 0, "add_child %d", pid);
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], flags, c, started) == 0, "add_child %d", pid);
     return pid;
+}
+
+static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_kill_config *c)
+{
+    return spawn_flagged(loop, body, c, 0, now_ns());
 }
 
 static int sleep_forever(int w)
@@ -518,7 +525,6 @@ static void test_stamped_beats_read_late(void)
     struct pyse_kill_config c = QUIET;
     struct seen s = {.n = 0};
     struct pyse_monitor m;
-    int fds[2];
     pid_t pid;
     int64_t started;
 
@@ -526,15 +532,8 @@ static void test_stamped_beats_read_late(void)
     c.immediate_interval = SEC(0.02);
     c.immediate_timeout = SEC(0.05);
     CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
-    if (pipe(fds) < 0) {
-        perror("pipe");
-        exit(2);
-    }
     started = now_ns();
-    pid = fork_child(loop, fds[0], stamp_beats, fds[1]);
-    close(fds[1]);
-    CHECK(pyse_loop_add_child(loop, pid, fds[0], PYSE_CHILD_STAMPED_BEATS, &c, started) == 0,
-          "add");
+    pid = spawn_flagged(loop, stamp_beats, &c, PYSE_CHILD_STAMPED_BEATS, started);
     CHECK(collect(loop, &s, PYSE_EV_HEARTBEAT_TIMEOUT, 1, 10.0, 8) == 0, "a timeout in the end"
           " (exit status %#x)", find_kind(&s, PYSE_EV_EXITED, pid) ?
           find_kind(&s, PYSE_EV_EXITED, pid)->status : -1);
@@ -556,20 +555,13 @@ static void test_refresh_child(void)
     struct seen s = {.n = 0};
     struct pyse_monitor m;
     struct pyse_event ev[8];
-    int fds[2], n;
+    int n;
     pid_t pid;
     int64_t started, stale, deadline;
 
     CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
-    if (pipe(fds) < 0) {
-        perror("pipe");
-        exit(2);
-    }
     started = now_ns();
-    pid = fork_child(loop, fds[0], stamp_beats, fds[1]);
-    close(fds[1]);
-    CHECK(pyse_loop_add_child(loop, pid, fds[0], PYSE_CHILD_STAMPED_BEATS, &QUIET, started) == 0,
-          "add");
+    pid = spawn_flagged(loop, stamp_beats, &QUIET, PYSE_CHILD_STAMPED_BEATS, started);
     CHECK(collect(loop, &s, PYSE_EV_HEARTBEAT, 1, 10.0, 8) == 0, "the first beat");
     /* The beats go on for half a second; the loop does not read them. */
     do {

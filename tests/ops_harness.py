@@ -1,7 +1,10 @@
-"""A stand-in for systemd's notification socket: a datagram socket the test
-owns (a path, or a name in the abstract namespace), which records every
-message with the pid of its sender (SO_PASSCRED), as systemd sees them.
+"""What the operator-facing tests share: an application to run (APP),
+``pyse`` started in the background (start_pyse), and a stand-in for
+systemd's notification socket: a datagram socket the test owns (a path, or
+a name in the abstract namespace), which records every message with the pid
+of its sender (SO_PASSCRED), as systemd sees them.
 
+    write(tmp_path, "app.py", APP)
     with NotifyListener(tmp_path / "notify.sock") as systemd:
         proc = start_pyse(tmp_path, "run", "app:W", env=systemd.env())
         ready = systemd.wait_for(lambda m: m.get("READY") == "1", 15)
@@ -22,6 +25,54 @@ import helpers
 from test_cli import pyse_executable
 
 UCRED = struct.Struct("3i")
+
+#: app.py for the tests: W works until stopped (and logs whether it sees
+#: systemd's variables), Spawner runs a command, Crashing exits with 3 on
+#: its first run, WedgedReload (a server) blocks its loop at USR2 until
+#: the test writes a byte to RELOAD_FIFO
+APP = '''
+import os
+import pyse
+
+
+class W:
+    def initialize(self):
+        self.flag = pyse.BlockingFlag()
+
+    def run(self):
+        seen = [name for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+                if name in os.environ]
+        self.logger.info("worker %d sees %s", self.worker_id, seen or "no systemd variable")
+        while not self.flag.wait_for_set(1.0):
+            pass
+
+    def stop(self):
+        self.flag.set()
+
+
+class Spawner:
+    def spawn(self, process_manager):
+        process_manager.spawn({}, "sleep", "60")
+
+
+class Crashing(W):
+    """Its first run ends at once with status 3; later runs last."""
+
+    def run(self):
+        marker = os.environ["CRASH_MARKER"] + str(self.worker_id)
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise SystemExit(3)
+        super().run()
+
+
+class WedgedReload:
+    def reload(self):
+        self.logger.info("reload() waits for the FIFO")
+        with open(os.environ["RELOAD_FIFO"], "rb") as fifo:
+            fifo.read(1)
+        super().reload()
+'''
 
 
 @dataclass
