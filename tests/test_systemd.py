@@ -171,7 +171,7 @@ def test_the_watchdog_is_petted_only_while_the_loop_runs(app_dir, worker_type):
             sd.wait_for(is_key("READY"), 20, "READY=1")
             pets = [sd.wait_for(is_key("WATCHDOG"), 5, "a pet").at for _ in range(4)]
             gaps = [b - a for a, b in zip(pets, pets[1:])]
-            assert all(0.05 < gap < 0.5 for gap in gaps), gaps     # about every 0.1 s
+            assert all(0.05 < gap < 1.0 for gap in gaps), gaps     # about every 0.1 s
 
             os.kill(proc.pid, signal.SIGUSR2)
             sd.wait_for(is_key("RELOADING"), 10, "RELOADING=1")

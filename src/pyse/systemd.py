@@ -17,7 +17,10 @@ the service's behalf.  What the top process sends (see docs/systemd.md):
 - ``STATUS=`` whenever the worker counts change;
 - ``WATCHDOG=1`` every half period from its loop, only while the loop runs;
 - ``MAINPID=`` with ``daemonize``: the launcher, which systemd started and
-  takes for the main process, names the daemon just before it exits.
+  takes for the main process, names the daemon (with ``READY=1``) just
+  before it exits; the daemon holds its own messages back until the
+  launcher has exited (:class:`LauncherWatch`), since systemd would refuse
+  them before (``NotifyAccess=main``).
 
 Each message goes out on a fresh socket (as sd_notify does), so no fd of
 ours lingers for children to inherit; a send never blocks.
@@ -66,8 +69,8 @@ class Notifier:
     address: str
     watchdog_interval: Optional[float] = None
     setup_problems: list[str] = field(default_factory=list)
-    #: set by the launcher of a daemonized start, which announces the
-    #: daemon's first READY=1 itself (it is systemd's main process)
+    #: in the daemon of a daemonized start: its launcher announces the
+    #: first READY=1 (it is systemd's main process until then)
     launcher_announces_ready: bool = False
     logger: Optional[logging.Logger] = None
     #: with daemonize, in the daemon: the launcher as (pid, start time).
