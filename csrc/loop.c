@@ -535,6 +535,16 @@ static int read_child_pipe(struct pyse_loop *loop, struct child *c, int64_t now)
     }
 }
 
+int pyse_loop_refresh_child(struct pyse_loop *loop, int pid, int64_t now)
+{
+    struct child *c = find_child(loop, pid);
+    if (c == NULL) {
+        errno = ESRCH;
+        return pyse__fail("refreshing the heartbeat of child %d: not monitored", pid);
+    }
+    return c->heartbeat_fd >= 0 ? read_child_pipe(loop, c, now) : 0;
+}
+
 /* A pipe that reached EOF means the child is going away: report the ones
  * reaped at that moment, and give the others, not reaped since, an
  * immediate stop (the escalation sends QUIT). */

@@ -146,6 +146,11 @@ int pyse_loop_set_child_config(struct pyse_loop *loop, int pid,
                                const struct pyse_kill_config *config);
 int pyse_loop_stop_child(struct pyse_loop *loop, int pid, int immediate, int64_t now);
 int pyse_loop_get_monitor(struct pyse_loop *loop, int pid, struct pyse_monitor *out);
+/* Reads what the child's heartbeat pipe holds now, as its heartbeat deadline
+ * would, so that the monitor's last_heartbeat is fresh (the loop reads a
+ * stamped child's beats only at that deadline).  What the read finds (a
+ * first beat, end of file) is queued for the next pyse_loop_wait(). */
+int pyse_loop_refresh_child(struct pyse_loop *loop, int pid, int64_t now);
 int pyse_loop_child_count(struct pyse_loop *loop);
 
 /* Waits until something happens or `deadline` (PYSE_NO_TIME: none) passes,

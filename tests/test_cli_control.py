@@ -87,16 +87,19 @@ def app_dir(tmp_path: Path) -> Path:
 
 # -- status ------------------------------------------------------------------------
 
-def test_status_of_a_running_daemon_shows_its_tree_and_exits_0(app_dir):
+def test_status_of_a_running_daemon_shows_its_table_and_exits_0(app_dir):
     with daemon_of(app_dir, "-k", "process", "-w", "2") as daemon:
         workers = helpers.wait_for(lambda: len(helpers.children_of(daemon.pid)) == 2 and
                                    helpers.children_of(daemon.pid), 15, what="two workers")
-        result = daemon.command("status")
+        result = helpers.wait_for(lambda: (lambda r: r if "2 workers running" in r.stdout
+                                           else None)(daemon.command("status")), 15,
+                                  what="both workers up in pyse status")
         assert result.returncode == 0, result.stderr
-        first, *rest = result.stdout.splitlines()
-        assert first.startswith(f"{daemon.pid} ") and "app:W" in first
-        assert sorted(int(line.split()[0]) for line in rest) == workers
-        assert all(line.startswith("  ") for line in rest)
+        header, server, *rows, summary = result.stdout.splitlines()
+        assert header.split()[:4] == ["ROLE", "ID", "PID", "STATE"]
+        assert server.split()[:4] == ["server", "-", str(daemon.pid), "running"]
+        assert sorted(int(row.split()[2]) for row in rows) == workers
+        assert summary == "2 workers running, 0 starting"
 
 
 def test_status_without_a_pid_file_is_3(tmp_path):

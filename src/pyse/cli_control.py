@@ -6,6 +6,10 @@ the pid alone (see :mod:`pyse.pidfile`): a file nobody holds is stale, even
 if its pid now belongs to some other process (pid 1, a reused pid), and a
 SIGKILLed daemon's zombie does not hold the lock either.
 
+``status`` asks the daemon itself, over the control socket next to its pid
+file (see :mod:`pyse.control_socket`), and prints its answer as a table
+(:mod:`pyse.status`) or JSON.
+
 ``stop --wait`` watches the daemon's whole tree, read from /proc before the
 signal is sent.  A process is named by (pid, start time), so a pid the
 kernel hands to a new process while we wait is not mistaken for a member of
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import os
 import signal
 import sys
@@ -22,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TextIO
 
-from pyse import pidfile
+from pyse import control_socket, pidfile, status
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
                           IMMEDIATE_STOP, RELOAD)
 
@@ -37,6 +42,8 @@ CONTROL_SIGNALS = {
 
 #: seconds ``stop --wait`` waits for the tree by default
 DEFAULT_STOP_TIMEOUT = 60.0
+#: seconds ``pyse status`` waits for the control socket's answer
+STATUS_TIMEOUT = control_socket.CLIENT_TIMEOUT
 #: how often ``stop --wait`` looks at /proc: the processes are not our
 #: children, so no SIGCHLD or wait() tells us when they go
 WATCH_INTERVAL = 0.05
@@ -221,24 +228,52 @@ def show_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """LSB status codes: 0 running, 1 dead with a pid file left, 3 not
     running, 4 unknown."""
     found = read_pid_file_state(args.pid_file)
+    as_json = getattr(args, "json", False)
     if found.state is DaemonState.RUNNING and found.pid is not None:
-        return show_running_daemon(found.pid, out)
-    if found.state is DaemonState.UNKNOWN:
+        return show_running_daemon(found.pid, args.pid_file, out, as_json)
+    label = STATE_LABELS[found.state]
+    if as_json:
+        print(json.dumps({"daemon": label, "pid": found.pid, "reason": found.reason}), file=out)
+    elif found.state is DaemonState.UNKNOWN:
         print(f"pyse: {found.reason}", file=sys.stderr)
     else:
-        label = "dead" if found.state is DaemonState.DEAD else "not running"
         print(f"{label}: {found.reason}", file=out)
     return found.state.value
 
 
-def show_running_daemon(pid: int, out: TextIO) -> int:
-    """What ``pyse status`` prints for a live daemon: its process tree from
-    /proc, one process a line, indented by depth.  This is the part a client
-    of the daemon's control socket replaces; the pid file logic stays."""
-    lines = [f"{'  ' * depth}{entry.pid} {command_line(entry)}"
-             for depth, entry in tree_of(pid, scan_processes())]
-    print("\n".join(lines) if lines else f"{pid} (exited just now)", file=out)
-    return DaemonState.RUNNING.value if lines else DaemonState.NOT_RUNNING.value
+STATE_LABELS = {DaemonState.RUNNING: "running", DaemonState.DEAD: "dead",
+                DaemonState.NOT_RUNNING: "not running", DaemonState.UNKNOWN: "unknown"}
+
+
+def show_running_daemon(pid: int, pid_file: str, out: TextIO, as_json: bool = False) -> int:
+    """What ``pyse status`` prints for a live daemon: what its control
+    socket says (a table, or JSON), or, if the socket does not answer, its
+    process tree from /proc with the reason on stderr.  The daemon runs
+    either way (it holds the pid file's lock): exit status 0."""
+    path = control_socket.socket_path(pid_file)
+    try:
+        answer = control_socket.query(path, timeout=STATUS_TIMEOUT)
+    except control_socket.ControlSocketError as e:
+        print(f"pyse: pid {pid} runs (it holds the pid file's lock), but {e}; its processes "
+              f"from /proc follow", file=sys.stderr)
+        return show_process_tree(pid, out, as_json, str(e))
+    answer = {"daemon": "running", "pid": pid, **answer}
+    print(json.dumps(answer, indent=2) if as_json else status.format_table(answer), file=out)
+    return DaemonState.RUNNING.value
+
+
+def show_process_tree(pid: int, out: TextIO, as_json: bool, error: str) -> int:
+    """The daemon's tree from /proc, one process a line (pid, command line),
+    indented by depth."""
+    tree = tree_of(pid, scan_processes())
+    if as_json:
+        print(json.dumps({"daemon": "running", "pid": pid, "error": error, "processes": [
+            {"pid": entry.pid, "ppid": entry.ppid, "depth": depth, "command": command_line(entry)}
+            for depth, entry in tree]}, indent=2), file=out)
+    else:
+        lines = [f"{'  ' * depth}{entry.pid} {command_line(entry)}" for depth, entry in tree]
+        print("\n".join(lines) if lines else f"{pid} (exited just now)", file=out)
+    return DaemonState.RUNNING.value if tree else DaemonState.NOT_RUNNING.value
 
 
 def add_control_parsers(sub: "argparse._SubParsersAction[Any]") -> None:
@@ -260,12 +295,17 @@ def add_control_parsers(sub: "argparse._SubParsersAction[Any]") -> None:
                            help=f"seconds --wait waits (implies --wait; default: "
                                 f"{DEFAULT_STOP_TIMEOUT:g}; -1: no limit)")
         p.set_defaults(func=send_control_signal)
-    status = sub.add_parser("status", help="show whether the daemon runs, and its process tree",
-                            description="Exit status (LSB): 0 running, 1 dead but the pid file "
-                                        "is left, 3 not running (no pid file), 4 unknown (the "
-                                        "pid file cannot be read).")
-    add_pid_file_option(status)
-    status.set_defaults(func=show_status)
+    status_parser = sub.add_parser(
+        "status", help="show whether the daemon runs, and a table of its processes",
+        description="Asks the daemon over its control socket (the pid file's path + '.sock') "
+                    "and prints the supervisor, the server and each worker: id, pid, state, "
+                    "uptime, restarts, heartbeat age, last exit. Exit status (LSB): 0 running, "
+                    "1 dead but the pid file is left, 3 not running (no pid file), 4 unknown "
+                    "(the pid file cannot be read).")
+    add_pid_file_option(status_parser)
+    status_parser.add_argument("--json", action="store_true",
+                               help="print the same as one JSON object (see docs/cli.md)")
+    status_parser.set_defaults(func=show_status)
 
 
 def add_pid_file_option(parser: argparse.ArgumentParser) -> None:

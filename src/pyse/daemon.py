@@ -8,10 +8,16 @@ order:
    daemon is up;
 2. the pid file (``pid_path``) is reserved (refused while a live daemon
    holds it, see :mod:`pyse.pidfile`);
-3. the process title (``daemon_process_name``), then ``chuser``/``chgroup``/
-   ``chumask`` (after daemonizing, before the server exists, in both modes);
+3. the process title (``daemon_process_name``, else pyse's own, see
+   :mod:`pyse.process_title`), then ``chuser``/``chgroup``/``chumask``
+   (after daemonizing, before the server exists, in both modes);
 4. logging, then the server, or with ``supervisor: true`` the supervisor of
-   a server process (:mod:`pyse.supervisor`).
+   a server process (:mod:`pyse.supervisor`), with its reporter: systemd's
+   notifications and the control socket (:mod:`pyse.reporter`).
+
+Before all that, systemd's notification variables are read and removed
+from the environment (:mod:`pyse.systemd`), and as PID 1 the stop signals
+are given handlers (:mod:`pyse.container`).
 
 "Up" means: the server's ``before_run()`` returned (under a supervisor: the
 first server process's ``before_run()``).  Only then does the launcher
@@ -30,18 +36,20 @@ from typing import Any, Optional
 # Everything a daemon may need is imported with this module, while the
 # process is still privileged: after chuser the interpreter's own
 # directories may no longer be readable.
-import setproctitle
-
 from pyse import config as config_mod
-from pyse import pidfile, privilege
+from pyse import container, pidfile, privilege, process_title
+from pyse.control_socket import socket_path
 from pyse.config_equivalents import unknown_key_warnings
 from pyse.daemonize import ReadyPipe, StartupError, launch, report_startup_error
 from pyse.embedded_server import EmbeddedServer
 from pyse.logger import LogSetup
 from pyse.process_server import ProcessServer
+from pyse.reporter import TopServerReporter
 from pyse.server import ConfigSource, Server
 from pyse.spawn_server import SpawnServer
 from pyse.supervisor import Supervisor
+from pyse.supervisor_reporter import SupervisorReporter
+from pyse.systemd import Notifier
 from pyse.thread_server import ThreadServer
 from pyse.signals import (DETACH, DUMP, GRACEFUL_RESTART, GRACEFUL_STOP, IMMEDIATE_RESTART,
                           IMMEDIATE_STOP, RELOAD, SERVER_SIGNALS, hold_signals,
@@ -90,19 +98,32 @@ class Daemon:
         #: the Server, or the Supervisor with supervisor: true
         self.server: Optional[Server] = None
         self._pid_file: Optional[pidfile.PidFile] = None
+        #: systemd's notification socket, when it started us (Type=notify)
+        self.notifier: Optional[Notifier] = None
+        self._launcher_pid: Optional[int] = None
 
     # -- running -------------------------------------------------------------
     def main(self) -> int:
         """Runs the daemon; returns its exit status (with ``daemonize``, the
         launcher's: 0 once the daemon is up)."""
         error_code = int(self.config["daemonize_error_exit_code"])
+        if container.is_init():
+            container.guard_stop_signals()
+        # Read and removed at once: no child of ours may speak to systemd.
+        self.notifier = Notifier.from_environment()
         try:
             pid_file = self.reserve_pid_file()
         except pidfile.PidFileError as e:
             report_startup_error(str(e))
             return error_code
         if self.config["daemonize"]:
-            return launch(self, pid_file, error_code)
+            self._launcher_pid = os.getpid()
+            code = launch(self, pid_file, error_code)
+            if code == 0 and self.notifier is not None and self.pid is not None:
+                # We are systemd's main process: name the daemon, which is
+                # up, before we exit.
+                self.notifier.daemon_started(self.pid)
+            return code
         self.pid = os.getpid()
         # From the pid file's appearance on, a signal must reach the server's
         # loop, which takes them over only once the server runs.
@@ -143,7 +164,11 @@ class Daemon:
         """In the daemon process: privileges, logging, the server (or the
         supervisor); returns the exit status.  StartupError for what fails
         before the server is up; the ready pipe, if any, hears about it."""
-        set_process_name(self.config["daemon_process_name"])
+        process_title.set_title(self.config["daemon_process_name"],
+                                "supervisor" if self.config["supervisor"] else "server",
+                                self.worker_class)
+        if ready is not None and self.notifier is not None and self._launcher_pid is not None:
+            self.notifier.wait_for_launcher(self._launcher_pid)
         try:
             drop_privileges(self.config)
             log_setup = LogSetup(self.config)
@@ -189,10 +214,16 @@ class Daemon:
     def build_top(self, log_setup: Any, ready: Optional[ReadyPipe],
                   private_fds: list[int]) -> Server:
         """The server, or its supervisor."""
+        pid_path = self.config["pid_path"]
+        control = socket_path(os.fspath(pid_path)) if pid_path else None
         if self.config["supervisor"]:
-            return Supervisor(self.server_class, self.worker_class, self.config_source,
-                              self.config, log_setup, ready=ready, private_fds=private_fds)
+            supervisor = Supervisor(self.server_class, self.worker_class, self.config_source,
+                                    self.config, log_setup, ready=ready, private_fds=private_fds)
+            supervisor.reporter = SupervisorReporter(supervisor, self.notifier, control,
+                                                     log_setup.logger)
+            return supervisor
         server = self.server_class(self.worker_class, self.config_source, self.config, log_setup)
+        server.reporter = TopServerReporter(server, self.notifier, control, log_setup.logger)
         # Workers must not keep the pid file's lock (it means: the daemon
         # lives).  Servers that do not fork have no private fds.
         if hasattr(server, "private_fds"):
@@ -256,11 +287,6 @@ class Daemon:
             return pidfile.running_pid(os.fspath(path))
         except pidfile.PidFileError as e:
             raise RuntimeError(str(e)) from None
-
-
-def set_process_name(name: Optional[str]) -> None:
-    if name:
-        setproctitle.setproctitle(name)
 
 
 def drop_privileges(config: dict) -> None:

@@ -48,6 +48,8 @@ class EmbeddedServer(InProcessServer):
         self.worker: Optional[Worker] = None
         self._restarting: Optional[Worker] = None
         self._wake = threading.Event()
+        #: worker 0's starts and exits (what the backoff and status need)
+        self.history = SlotHistory()
         super().__init__(*args, **kwargs)
         self.restart_intensity = RestartIntensity.from_config(self.config)
 
@@ -70,7 +72,7 @@ class EmbeddedServer(InProcessServer):
     waits_for_workers = True
 
     def run_until_stop(self) -> None:
-        history = SlotHistory()
+        history = self.history
         while True:
             worker = self.start_worker_0(history)
             if worker is None:
@@ -85,6 +87,7 @@ class EmbeddedServer(InProcessServer):
                 self.worker = worker
             self.announce_ready()
             history.record_start(lowlevel.now())
+            self.reporter.workers_changed()
             description, code = run_worker(worker, self.logger)
             with self._lock:
                 self.worker = None
@@ -92,6 +95,7 @@ class EmbeddedServer(InProcessServer):
             verdict, delay = judge_worker_exit(
                 self, 0, history, StartTiming.from_config(self.config), self.restart_intensity,
                 description, code, asked, not self._stop, lowlevel.now())
+            self.reporter.workers_changed()
             if verdict is not ExitVerdict.RESTART:
                 # An unrecoverable exit code or the restart intensity ends
                 # the server (a stop ends it too: IDLE).

@@ -29,11 +29,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from pyse import lowlevel
+from pyse import container, lowlevel
 from pyse.lowlevel import EventKind
 from pyse.process_manager import ParentLink
+from pyse.reporter import ServingLoop
 from pyse.server import Server
 from pyse.signals import SERVER_SIGNALS, replay_held_signals, signal_name
+from pyse.watching import Watcher, WatcherSet
 from pyse.worker import Worker
 
 
@@ -63,16 +65,26 @@ class WorkerThreadExited:
     exit_code: Optional[int]
 
 
-ServerEvent = Union[SignalReceived, SupervisorGone, ControlFailed, WorkerThreadExited]
+@dataclass(frozen=True)
+class WatchdogProbe:
+    """Time for systemd's watchdog: the server thread pets it when it
+    takes this, which proves that it runs."""
+
+
+ServerEvent = Union[SignalReceived, SupervisorGone, ControlFailed, WorkerThreadExited,
+                    WatchdogProbe]
 
 
 class ControlThread:
     """Waits in the C loop for the server's signals and the supervisor's
     lifeline (the loop also beats toward the supervisor), and posts what it
-    sees."""
+    sees.  It also serves watchers (see pyse.watching: the control socket,
+    the channel to the supervisor, timers), added before start()."""
 
-    def __init__(self, post: Callable[[ServerEvent], None], link: Optional[ParentLink]) -> None:
+    def __init__(self, post: Callable[[ServerEvent], None], link: Optional[ParentLink],
+                 logger: Any) -> None:
         self._post = post
+        self.watchers = WatcherSet(logger)
         self._link = link
         self._closing = False
         self._parent_gone = False
@@ -88,6 +100,7 @@ class ControlThread:
         try:
             r, w = os.pipe()
             self._wakeup = (r, w)
+            os.set_blocking(w, False)   # a wake-up never waits: one byte pending is enough
             loop.wake_on_readable(r)
             if given is None:
                 # Last: from here on a TERM is ours, not the default action.
@@ -105,8 +118,7 @@ class ControlThread:
         """Ends the thread and gives the signals back their old dispositions."""
         if self._thread is not None:
             self._closing = True
-            assert self._wakeup is not None
-            os.write(self._wakeup[1], b"x")
+            self.wake()
             self._thread.join()
             self._thread = None
         if self._loop is not None:
@@ -115,6 +127,22 @@ class ControlThread:
             self._loop.close()
             self._loop = None
         self._close_wakeup()
+
+    def add_watcher(self, watcher: Watcher) -> None:
+        """Before start(), or after close(): the thread's loop is its own."""
+        self.watchers.add(watcher)
+
+    def remove_watcher(self, watcher: Watcher) -> None:
+        self.watchers.remove(watcher)
+
+    def wake(self) -> None:
+        """Makes the thread's wait return, so that it looks at its watchers
+        again (one with more to write, the end)."""
+        if self._wakeup is not None:
+            try:
+                os.write(self._wakeup[1], b"x")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
 
     def _close_wakeup(self) -> None:
         if self._wakeup is not None:
@@ -126,12 +154,18 @@ class ControlThread:
         assert self._loop is not None
         try:
             while not self._closing:
-                for event in self._loop.wait(None):
+                self.watchers.sync(self._loop)
+                ready = []
+                for event in self._loop.wait(self.watchers.earliest(None)):
                     if event.kind is EventKind.SIGNAL:
                         self._post(SignalReceived(event.status))
                     elif event.kind is EventKind.PARENT_GONE and not self._parent_gone:
                         self._parent_gone = True
                         self._post(SupervisorGone(lowlevel.now()))
+                    elif event.kind is EventKind.FD_READY:
+                        ready.append(event)
+                if not self._closing:
+                    self.watchers.serve(ready)
         except Exception as e:  # the server must hear of it, or it goes deaf
             self._post(ControlFailed(f"{type(e).__name__}: {e}"))
 
@@ -150,13 +184,19 @@ class InProcessServer(Server):
         self.events.put(event)
 
     def start_control(self) -> None:
-        self._control = ControlThread(self.post, self.parent_link)
-        self._control.start()
+        control = self._control = ControlThread(self.post, self.parent_link, self.logger)
+        self.reporter.attach(ServingLoop(control.add_watcher, control.remove_watcher,
+                                         wake=control.wake,
+                                         post_probe=lambda: self.post(WatchdogProbe())))
+        if container.is_init():
+            control.add_watcher(container.OrphanReaper(self.logger, lowlevel.now()))
+        control.start()
 
     def stop_control(self) -> None:
         if self._control is not None:
             self._control.close()
             self._control = None
+        self.reporter.close()
 
     def handle_event(self, event: ServerEvent) -> None:
         """Reacts to one event; runs on the server thread."""
@@ -165,6 +205,8 @@ class InProcessServer(Server):
             self.dispatch_signal(event.signo)
         elif isinstance(event, SupervisorGone):
             self.parent_gone(event.at)
+        elif isinstance(event, WatchdogProbe):
+            self.reporter.watchdog_probe()
         elif isinstance(event, ControlFailed):
             self.logger.error("The control thread failed (%s): stopping, since signals "
                               "can no longer reach this server", event.reason)

@@ -287,6 +287,13 @@ class Loop:
             "kill_count": m.kill_count,
         }
 
+    def refresh_child(self, pid: int, now: Optional[float] = None) -> None:
+        """Reads the child's heartbeat pipe now, so that ``monitor(pid)``'s
+        last_heartbeat is fresh (a pyse child's stamps are otherwise read
+        only at its heartbeat deadline).  What the read finds (a first beat,
+        end of file) comes out of the next wait()."""
+        _check(lib.pyse_loop_refresh_child(self._loop, pid, _ns_or_now(now)))
+
     def __len__(self) -> int:
         return lib.pyse_loop_child_count(self._loop)
 

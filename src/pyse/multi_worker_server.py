@@ -106,6 +106,7 @@ def judge_worker_exit(server: Server, worker_id: int, history: SlotHistory, timi
                       "Worker %d finished%s with %s", worker_id,
                       "" if stop_requested else " unexpectedly", description)
     delay = history.record_exit(timing, now, stop_requested)
+    history.last_exit = (description, exit_code, now)
     if exit_code is not None and exit_code in server.config["unrecoverable_exit_codes"]:
         server.stop_status = exit_code
         server.logger.error("Worker %d exited with unrecoverable code %d: not restarting it",

@@ -29,13 +29,15 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional
 
 from pyse import lowlevel, privilege
 from pyse.child_messages import MessageChannels
 from pyse.lowlevel import Event, EventKind, KillConfig
 from pyse.signals import (IMMEDIATE_RESTART, IMMEDIATE_STOP, SERVER_SIGNALS, replay_held_signals,
                           signal_name)
+# Watcher is the protocol add_watcher() takes (see pyse.watching).
+from pyse.watching import Watcher, WatcherSet
 
 #: seconds between an orphan's own deadline and the C-armed SIGKILL: the
 #: timer is the backstop for a process whose Python cannot run any more
@@ -161,26 +163,6 @@ def setup_child(role: ChildRole, parent_pid: int, parent_loop: Optional[lowlevel
 
 # -- the parent's side ----------------------------------------------------------------
 
-class Watcher(Protocol):
-    """Something the loop of a forking process serves besides its children,
-    without a thread and without ever blocking the loop (the socket
-    manager's broker, the control socket, the config channel to workers):
-    a sans-I/O object the loop tells when its fds are ready and when its
-    deadline has come."""
-
-    def watches(self) -> Iterable[tuple[int, bool, bool]]:
-        """(fd, want readable, want writable) for each fd to watch now."""
-
-    def handle_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
-        """fd is ready; must not block."""
-
-    def next_deadline(self) -> Optional[float]:
-        """When handle_deadline() should run next (None: no deadline)."""
-
-    def handle_deadline(self, now: float) -> None:
-        """The deadline has come (or passed)."""
-
-
 @dataclass
 class Child:
     """What this process knows of one child it forked."""
@@ -210,11 +192,11 @@ class ProcessManager:
         self.private_fds: list[int] = []
         self._lifeline: Optional[tuple[int, int]] = None
         self._owns_loop = False
+        self._watcher_set = WatcherSet(logger)
+        self.watchers: list[Watcher] = self._watcher_set.watchers
         #: messages to children whose role asked for them
         self.messages = MessageChannels(logger)
-        self.watchers: list[Watcher] = [self.messages]
-        #: fd -> (its watcher, readable, writable), as the loop watches it now
-        self._watched: dict[int, tuple[Watcher, bool, bool]] = {}
+        self._watcher_set.add(self.messages)
 
     # -- the loop ------------------------------------------------------------
     def open(self) -> None:
@@ -268,8 +250,9 @@ class ProcessManager:
         heartbeat_r, heartbeat_w = os.pipe()
         lifeline_r, lifeline_w = self._lifeline
         # The fds our watchers serve (a broker's sockets, its clients) are
-        # ours alone: a child holding one would keep a client waiting on it.
-        close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *self._watched,
+        # ours alone: a child holding one would keep a client waiting on it;
+        # nor may a child keep a sibling's message pipe.
+        close_fds = [heartbeat_r, lifeline_w, *self.private_fds, *self.watched_fds(),
                      *self.messages.fds(), *close_in_child]
         message_r, message_w = os.pipe() if role.messages else (-1, -1)
         if message_w >= 0:
@@ -347,55 +330,18 @@ class ProcessManager:
 
     # -- watchers ------------------------------------------------------------
     def add_watcher(self, watcher: Watcher) -> None:
-        self.watchers.append(watcher)
+        self._watcher_set.add(watcher)
 
     def remove_watcher(self, watcher: Watcher) -> None:
-        if watcher in self.watchers:
-            self.watchers.remove(watcher)
-        self._sync_watches()
+        self._watcher_set.remove(watcher, self.loop)
 
-    def _sync_watches(self) -> None:
-        """Tells the loop what the watchers want watched now."""
-        wanted: dict[int, tuple[Watcher, bool, bool]] = {}
-        for watcher in self.watchers:
-            for fd, readable, writable in watcher.watches():
-                wanted[fd] = (watcher, readable, writable)
-        if self.loop is None:
-            self._watched = {}
-            return
-        for fd in self._watched.keys() - wanted.keys():
-            self.loop.unwatch_fd(fd)
-        for fd, (watcher, readable, writable) in wanted.items():
-            if self._watched.get(fd, (None, None, None))[1:] != (readable, writable):
-                self.loop.watch_fd(fd, readable, writable)
-        self._watched = wanted
-
-    def _watchers_deadline(self, deadline: Optional[float]) -> Optional[float]:
-        for watcher in self.watchers:
-            due = watcher.next_deadline()
-            if due is not None and (deadline is None or due < deadline):
-                deadline = due
-        return deadline
-
-    def _serve_watchers(self, ready: list[Event]) -> None:
-        now = lowlevel.now()
-        for event in ready:
-            entry = self._watched.get(event.pid)
-            if entry is None:
-                continue  # unwatched since
-            self._guarded(entry[0].handle_ready, event.pid, bool(event.status & lowlevel.READABLE),
-                          bool(event.status & lowlevel.WRITABLE), now)
-        for watcher in list(self.watchers):
-            due = watcher.next_deadline()
-            if due is not None and due <= now:
-                self._guarded(watcher.handle_deadline, now)
-
-    def _guarded(self, call: Callable[..., None], *args: object) -> None:
-        # A watcher's bug must not take the supervision loop down with it.
-        try:
-            call(*args)
-        except Exception:
-            self.logger.exception("%s raised; the loop goes on", getattr(call, "__qualname__", call))
+    def watched_fds(self) -> list[int]:
+        """The fds our watchers serve (a broker's sockets, its clients, the
+        control socket): ours alone, since a child holding one would keep a
+        client waiting on it.  Those of now, not of the last wait: a watcher
+        may have accepted a client since."""
+        self._watcher_set.sync(self.loop)
+        return list(self._watcher_set.watched)
 
     # -- waiting -------------------------------------------------------------
     def wait(self, deadline: Optional[float]) -> list[Event]:
@@ -404,10 +350,10 @@ class ProcessManager:
         TIMER, WAKEUP.  What the escalation did is logged here; ready fds
         and deadlines of the watchers are served here."""
         assert self.loop is not None
-        self._sync_watches()
+        self._watcher_set.sync(self.loop)
         out = []
         ready = []
-        for event in self.loop.wait(self._watchers_deadline(deadline)):
+        for event in self.loop.wait(self._watcher_set.earliest(deadline)):
             if event.kind is EventKind.FD_READY:
                 ready.append(event)
             elif event.kind is EventKind.EXITED:
@@ -424,7 +370,7 @@ class ProcessManager:
             else:
                 out.append(event)
         if ready or self.watchers:
-            self._serve_watchers(ready)
+            self._watcher_set.serve(ready)
         return out
 
     def log_child_event(self, child: Child, event: Event) -> None:

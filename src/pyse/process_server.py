@@ -15,6 +15,7 @@ from pyse import lowlevel, worker_process
 from pyse.lowlevel import Event, EventKind
 from pyse.multi_worker_server import MultiWorkerServer, WorkerSlot
 from pyse.process_manager import ProcessManager, kill_config
+from pyse.reporter import ServingLoop
 from pyse.signals import DUMP, RELOAD, describe_wait_status
 
 
@@ -41,6 +42,7 @@ class ProcessServer(MultiWorkerServer):
             self.manager.private_fds.extend(link.fds())
         else:
             self.manager.open()
+        self.reporter.attach(ServingLoop(self.manager.add_watcher, self.manager.remove_watcher))
 
     def run(self) -> None:
         self.open_manager()
@@ -49,9 +51,11 @@ class ProcessServer(MultiWorkerServer):
                 deadline = self.manage_workers(lowlevel.now())
                 if self.alive_or_pending() == 0:
                     break
+                self.reporter.workers_changed()
                 for event in self.manager.wait(deadline):
                     self.dispatch_event(event)
         finally:
+            self.reporter.close()
             self.manager.close()
 
     def dispatch_event(self, event: Event) -> None:

@@ -88,6 +88,9 @@ class SlotHistory:
     died_at: Optional[float] = None
     failures: int = 0           # unexpected exits in a row
     starts: int = 0
+    #: the latest exit, for status: (how it ended, e.g. "signal SIGKILL";
+    #: its exit code or None; when)
+    last_exit: Optional[tuple[str, Optional[int], float]] = None
 
     def record_start(self, now: float) -> None:
         self.started_at = now

@@ -20,6 +20,7 @@ from pyse import lowlevel
 from pyse import sigdump
 from pyse.log_capture import flush_std_streams
 from pyse.process_manager import ParentLink
+from pyse.reporter import Reporter
 from pyse.signals import GRACEFUL_STOP, SERVER_ACTIONS, signal_name
 from pyse.worker import Worker
 
@@ -49,6 +50,9 @@ class Server:
         self.when_start_failed: Optional[Callable[[str], None]] = None
         #: why the first start of the workers failed, if it did
         self.start_failure: Optional[str] = None
+        #: who hears what this server does: systemd and pyse status (as the
+        #: top process), its supervisor; nobody by default (see pyse.reporter)
+        self.reporter: Reporter = Reporter()
         self.initialize()
 
     # -- user hooks --------------------------------------------------------
@@ -68,6 +72,7 @@ class Server:
     def stop(self, stop_graceful: bool) -> None:
         self.logger.info("Received %s stop", "graceful" if stop_graceful else "immediate")
         self._stop = True
+        self.reporter.stopping()
 
     def restart(self, stop_graceful: bool) -> None:
         self.logger.info("Received %s restart", "graceful" if stop_graceful else "immediate")
@@ -145,11 +150,13 @@ class Server:
             # PR_SET_PDEATHSIG's TERM: the same news as the lifeline's hangup.
             self.parent_gone(self.clock())
             return
+        self.reporter.signal_begins(action)
         try:
             getattr(self, "handle_" + action)()
         except Exception:
             self.logger.exception("Handling %s (%s) raised; the server goes on",
                                   signal_name(signo), action.replace("_", " "))
+        self.reporter.signal_done(action)
 
     def supervisor_died(self) -> bool:
         link = self.parent_link
@@ -250,6 +257,7 @@ class Server:
         self.when_start_failed = None
         if ready is not None:
             ready()
+        self.reporter.server_ready()   # systemd's READY=1 (once)
 
     def announce_start_failure(self, reason: str) -> None:
         """The first start of the workers failed (a worker "failed to boot",

@@ -29,16 +29,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-# Imported here, not in the server process: after chuser the interpreter's
-# site-packages may no longer be readable.
-import setproctitle
-
-from pyse import lowlevel
+from pyse import lowlevel, process_title
 from pyse.lowlevel import Event, EventKind
 from pyse.multi_worker_server import EXIT_START_FAILED
 from pyse.process_manager import ChildRole, ParentLink, ProcessManager, kill_config
+from pyse.reporter import ServingLoop
 from pyse.server import Server
 from pyse.state_table import next_state
+from pyse.supervisor_reporter import SupervisorReporter
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
                           describe_wait_status, exit_code_of)
 
@@ -98,6 +96,9 @@ class Supervisor(Server):
         super().__init__(worker_class, config_source, config, log_setup)
         self.manager = ProcessManager(self.logger)
         self.manager.private_fds.extend(private_fds or ())
+        #: systemd, pyse status and the channels to the server processes
+        #: (the daemon gives it the notifier and the control socket's path)
+        self.reporter: SupervisorReporter = SupervisorReporter(self, None, None, self.logger)
 
     def transition(self, event: str) -> None:
         self.state = next_state(TRANSITIONS, self.state, event, "supervisor")
@@ -105,6 +106,7 @@ class Supervisor(Server):
     # -- the loop --------------------------------------------------------------
     def run(self) -> None:
         self.manager.open()
+        self.reporter.attach(ServingLoop(self.manager.add_watcher, self.manager.remove_watcher))
         try:
             while True:
                 deadline = self.manage_server(lowlevel.now())
@@ -113,6 +115,7 @@ class Supervisor(Server):
                 for event in self.manager.wait(deadline):
                     self.dispatch_event(event)
         finally:
+            self.reporter.close()
             self.manager.close()
             if self._ready is not None:
                 self._ready.close()
@@ -161,8 +164,10 @@ class Supervisor(Server):
             child = self.manager.fork("Server", server_role(self.config),
                                       lambda link: server_process(server, link, ready),
                                       kill_config(self.config, "server_"),
-                                      failure_code=EXIT_SERVER_FAILED, now=now)
+                                      failure_code=EXIT_SERVER_FAILED, now=now,
+                                      close_in_child=self.reporter.link_server(server))
         except Exception as e:
+            self.reporter.server_start_failed()
             if self.starts == 1:
                 # The very first server cannot even be built (its
                 # initialize() raised): retrying would fail the same way.
@@ -176,6 +181,7 @@ class Supervisor(Server):
             return
         if ready is not None:
             ready.close()  # the server itself tells the launcher
+        self.reporter.server_started(child.pid)
         self.current = ServerProcess(child.pid, now, first=self.starts == 1)
         self.transition("started")
         self.logger.info("Server started (pid %d)", child.pid)
@@ -185,6 +191,7 @@ class Supervisor(Server):
             self.logger.exception("Server after_start() raised")
 
     def server_exited(self, pid: int, status: int, now: float) -> None:
+        self.reporter.server_exited(pid, status, now)
         proc = self.current
         if proc is None or proc.pid != pid:
             if self.detached.pop(pid, None) is not None:
@@ -324,9 +331,7 @@ def server_process(server: Server, link: ParentLink, ready: Any) -> int:
     """Runs a forked server under its supervisor; returns the exit status."""
     config = server.config
     try:
-        name = config["server_process_name"]
-        if name:
-            setproctitle.setproctitle(name)
+        process_title.set_title(config["server_process_name"], "server", server._worker_class)
         # A server that forks workers must stay single-threaded: no capture
         # reader thread in it.
         server.log_after_fork(threads_allowed=config["worker_type"] in ("embedded", "thread"))

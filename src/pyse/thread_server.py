@@ -32,6 +32,7 @@ class ThreadServer(InProcessServer, MultiWorkerServer):
                 due = self.manage_workers(now)
                 if self.alive_or_pending() == 0:
                     break
+                self.reporter.workers_changed()
                 timeout = None if due is None else max(0.0, due - lowlevel.now())
                 try:
                     event = self.events.get(timeout=timeout)

@@ -23,11 +23,7 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-# Imported here, in the server, not in each new worker: a worker's start
-# must be quick, and after worker_chuser the venv may not be readable.
-import setproctitle
-
-from pyse import lowlevel
+from pyse import lowlevel, process_title
 from pyse.child_messages import MessageReader
 from pyse.config import format_process_name
 from pyse.lowlevel import EventKind
@@ -116,8 +112,8 @@ class WorkerProcess:
     def main(self) -> int:
         wid = self.worker.worker_id
         fmt = self.config["worker_process_name"]
-        if fmt:
-            setproctitle.setproctitle(format_process_name(fmt, wid))
+        process_title.set_title(format_process_name(fmt, wid) if fmt else None, f"worker {wid}",
+                                type(self.worker))
         self.worker.server.log_after_fork(threads_allowed=True)
         threading.Thread(target=self.control, name="pyse-control", daemon=True).start()
         if self.link.gone_at is not None:

@@ -103,8 +103,10 @@ static pid_t fork_child(struct pyse_loop *loop, int close_fd, int (*body)(int), 
     return pid;
 }
 
-/* Adds a forked child with a heartbeat pipe; returns its pid. */
-static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_kill_config *c)
+/* Adds a forked child with a heartbeat pipe and these flags, started at
+ * `started`; returns its pid. */
+static pid_t spawn_flagged(struct pyse_loop *loop, int (*body)(int),
+                           const struct pyse_kill_config *c, int flags, int64_t started)
 {
     int fds[2];
     pid_t pid;
@@ -116,8 +118,13 @@ static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_k
     pid = fork_child(loop, fds[0], body, fds[1]);
     close(fds[1]);
     CHECK(pid > 0, "fork");
-    CHECK(pyse_loop_add_child(loop, pid, fds[0], 0, c, now_ns()) == 0, "add_child %d", pid);
+    CHECK(pyse_loop_add_child(loop, pid, fds[0], flags, c, started) == 0, "add_child %d", pid);
     return pid;
+}
+
+static pid_t spawn(struct pyse_loop *loop, int (*body)(int), const struct pyse_kill_config *c)
+{
+    return spawn_flagged(loop, body, c, 0, now_ns());
 }
 
 static int sleep_forever(int w)
@@ -518,7 +525,6 @@ static void test_stamped_beats_read_late(void)
     struct pyse_kill_config c = QUIET;
     struct seen s = {.n = 0};
     struct pyse_monitor m;
-    int fds[2];
     pid_t pid;
     int64_t started;
 
@@ -526,15 +532,8 @@ static void test_stamped_beats_read_late(void)
     c.immediate_interval = SEC(0.02);
     c.immediate_timeout = SEC(0.05);
     CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
-    if (pipe(fds) < 0) {
-        perror("pipe");
-        exit(2);
-    }
     started = now_ns();
-    pid = fork_child(loop, fds[0], stamp_beats, fds[1]);
-    close(fds[1]);
-    CHECK(pyse_loop_add_child(loop, pid, fds[0], PYSE_CHILD_STAMPED_BEATS, &c, started) == 0,
-          "add");
+    pid = spawn_flagged(loop, stamp_beats, &c, PYSE_CHILD_STAMPED_BEATS, started);
     CHECK(collect(loop, &s, PYSE_EV_HEARTBEAT_TIMEOUT, 1, 10.0, 8) == 0, "a timeout in the end"
           " (exit status %#x)", find_kind(&s, PYSE_EV_EXITED, pid) ?
           find_kind(&s, PYSE_EV_EXITED, pid)->status : -1);
@@ -545,6 +544,45 @@ static void test_stamped_beats_read_late(void)
               now_ns() - m.last_heartbeat >= c.heartbeat_timeout &&
               m.last_heartbeat - started >= SEC(0.4), "the last stamp was taken from the pipe");
     CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 8) == 0, "QUIT then KILL");
+    pyse_loop_free(loop);
+}
+
+/* pyse_loop_refresh_child reads the stamps that piled up since the first
+ * beat now, not at the heartbeat deadline an hour away. */
+static void test_refresh_child(void)
+{
+    struct pyse_loop *loop = pyse_loop_new(0);
+    struct seen s = {.n = 0};
+    struct pyse_monitor m;
+    struct pyse_event ev[8];
+    int n;
+    pid_t pid;
+    int64_t started, stale, deadline;
+
+    CHECK(pyse_loop_own_signals(loop, NULL, 0) == 0, "own SIGCHLD");
+    started = now_ns();
+    pid = spawn_flagged(loop, stamp_beats, &QUIET, PYSE_CHILD_STAMPED_BEATS, started);
+    CHECK(collect(loop, &s, PYSE_EV_HEARTBEAT, 1, 10.0, 8) == 0, "the first beat");
+    /* The beats go on for half a second; the loop does not read them. */
+    do {
+        n = pyse_loop_wait(loop, now_ns() + SEC(0.7), ev, 8);
+    } while (n > 0 && ev[0].kind != PYSE_EV_TIMER);
+    CHECK(n == 1 && ev[0].kind == PYSE_EV_TIMER, "a quiet wait (%d events)", n);
+    CHECK(pyse_loop_get_monitor(loop, pid, &m) == 0, "monitor");
+    stale = m.last_heartbeat;
+    CHECK(stale - started < SEC(0.3), "stamps are read lazily (%lld ms)",
+          (long long)((stale - started) / 1000000));
+    deadline = now_ns() + SEC(10);
+    do {
+        CHECK(pyse_loop_refresh_child(loop, pid, now_ns()) == 0, "refresh");
+        CHECK(pyse_loop_get_monitor(loop, pid, &m) == 0, "monitor");
+    } while (m.last_heartbeat - started < SEC(0.4) && now_ns() < deadline);
+    CHECK(m.last_heartbeat - started >= SEC(0.4) && m.last_heartbeat <= now_ns(),
+          "the latest stamp after a refresh (%lld ms)",
+          (long long)((m.last_heartbeat - started) / 1000000));
+    CHECK(pyse_loop_refresh_child(loop, 1, now_ns()) < 0 && errno == ESRCH, "unknown pid");
+    kill(pid, SIGKILL);
+    CHECK(collect(loop, &s, PYSE_EV_EXITED, 1, 10.0, 8) == 0, "reaped");
     pyse_loop_free(loop);
 }
 
@@ -674,6 +712,7 @@ int main(void)
     test_child_side();
     test_free_with_children();
     test_stamped_beats_read_late();
+    test_refresh_child();
     test_optional_heartbeat();
     test_watched_fds_and_parent_heartbeat();
     test_error_context_per_thread();
