@@ -5,10 +5,11 @@ Two duties fall to PID 1 that no other process has:
 
 - The kernel gives it no default signal actions: a signal it has no
   handler for is dropped, so TERM, QUIT and HUP would do nothing until
-  pyse's loop takes them over (after ``before_run()``).  Until then,
-  :func:`guard_stop_signals` makes them end the start-up as they would end
-  any other process, with the status 128 + the signal number (143 for
-  TERM).  INT already has Python's handler (KeyboardInterrupt, 130).
+  pyse's loop takes them over (after ``before_run()``).  In the foreground
+  the daemon holds them until then (pyse.signals.hold_signals), whatever
+  its pid; :func:`guard_stop_signals` covers what comes before that (a
+  daemonizing launcher as PID 1): TERM, QUIT and HUP end it with the status
+  128 + the signal number (143 for TERM).
 - Orphans are re-parented to it, a worker's grandchild whose parent died
   among them, and must be reaped or they stay zombies.  A process or spawn
   server and a supervisor reap every child their loop sees exit.  An
