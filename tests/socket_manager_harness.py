@@ -1,19 +1,18 @@
 """What the socket manager's tests share: a manager whose broker a thread
-drives with select.poll (standing in for the server's loop), and raw
-requests written straight from the wire protocol."""
+serves (as in an in-process server), and raw requests written straight
+from the wire protocol."""
 from __future__ import annotations
 
 import contextlib
 import os
 import select
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 from pyse.socket_manager import SocketManagerServer
-from pyse.socket_manager_broker import BrokerPoller
+from pyse.socket_manager_broker import BrokerThread
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -23,18 +22,14 @@ def driven_manager(**options) -> Iterator[SocketManagerServer]:
     """A manager (no socket activation) whose broker is served by a thread
     until the block ends; the manager is closed after."""
     manager = SocketManagerServer(activation=False, **options)
-    stop = threading.Event()
-    assert manager.broker is not None
-    driver = threading.Thread(target=BrokerPoller(manager.broker, time.monotonic).serve_until,
-                              args=(stop, 0.02), name="broker-driver", daemon=True)
+    driver = BrokerThread(manager, name="broker-driver")
     driver.start()
     try:
         yield manager
     finally:
-        stop.set()
-        driver.join(5)
+        driver.close()
         manager.close()
-    assert not driver.is_alive(), "the broker driver did not stop"
+    assert driver._thread is None, "the broker driver did not stop"
 
 
 def connect_broker(manager: SocketManagerServer, timeout: float = 5.0) -> socket.socket:

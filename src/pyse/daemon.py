@@ -10,8 +10,10 @@ order:
    holds it, see :mod:`pyse.pidfile`);
 3. the process title (``daemon_process_name``), then ``chuser``/``chgroup``/
    ``chumask`` (after daemonizing, before the server exists, in both modes);
-4. logging, then the server, or with ``supervisor: true`` the supervisor of
-   a server process (:mod:`pyse.supervisor`).
+4. logging, the socket manager (``socket_manager: true``; see
+   :mod:`pyse.socket_manager_tree`), then the server, or with
+   ``supervisor: true`` the supervisor of a server process
+   (:mod:`pyse.supervisor`).
 
 "Up" means: the server's ``before_run()`` returned (under a supervisor: the
 first server process's ``before_run()``).  Only then does the launcher
@@ -40,6 +42,8 @@ from pyse.embedded_server import EmbeddedServer
 from pyse.logger import LogSetup
 from pyse.process_server import ProcessServer
 from pyse.server import ConfigSource, Server
+from pyse.socket_manager import SocketManagerServer
+from pyse.socket_manager_tree import open_tree_manager
 from pyse.spawn_server import SpawnServer
 from pyse.supervisor import Supervisor
 from pyse.thread_server import ThreadServer
@@ -88,6 +92,8 @@ class Daemon:
         self.pid: Optional[int] = None
         #: the Server, or the Supervisor with supervisor: true
         self.server: Optional[Server] = None
+        #: the tree's socket manager, in the top process (socket_manager: true)
+        self.socket_manager: Optional[SocketManagerServer] = None
         self._pid_file: Optional[pidfile.PidFile] = None
 
     # -- running -------------------------------------------------------------
@@ -152,6 +158,7 @@ class Daemon:
         try:
             return self.serve_logged(log_setup, ready)
         finally:
+            self.close_socket_manager()
             self.finish_pid_file(log_setup.logger)
             log_setup.close()
 
@@ -165,6 +172,7 @@ class Daemon:
                            "held its lock)", pid_file.path, pid_file.stale_pid)
         private_fds = [pid_file.fd] if pid_file is not None and pid_file.fd >= 0 else []
         try:
+            self.socket_manager = open_tree_manager(self.config, logger)
             self.server = self.build_top(log_setup, ready, private_fds)
         except Exception as e:
             logger.exception("Creating the server failed")
@@ -181,8 +189,10 @@ class Daemon:
         """The server, or its supervisor."""
         if self.config["supervisor"]:
             return Supervisor(self.server_class, self.worker_class, self.config_source,
-                              self.config, log_setup, ready=ready, private_fds=private_fds)
-        server = self.server_class(self.worker_class, self.config_source, self.config, log_setup)
+                              self.config, log_setup, ready=ready, private_fds=private_fds,
+                              socket_manager=self.socket_manager)
+        server = self.server_class(self.worker_class, self.config_source, self.config, log_setup,
+                                   socket_manager=self.socket_manager)
         # Workers must not keep the pid file's lock (it means: the daemon
         # lives).  Servers that do not fork have no private fds.
         if hasattr(server, "private_fds"):
@@ -204,6 +214,13 @@ class Daemon:
         finally:
             if ready.fd >= 0:  # it returned without ever being up
                 ready.failed("the server exited during its start")
+
+    def close_socket_manager(self) -> None:
+        """The end of the top process: the listeners close, the broker's
+        files go."""
+        manager, self.socket_manager = self.socket_manager, None
+        if manager is not None:
+            manager.close()
 
     def finish_pid_file(self, logger: Any) -> None:
         """A clean exit of the daemon: the pid file goes."""

@@ -34,6 +34,8 @@ from pyse.lowlevel import EventKind
 from pyse.process_manager import ParentLink
 from pyse.server import Server
 from pyse.signals import SERVER_SIGNALS, signal_name
+from pyse.socket_manager_broker import BrokerThread
+from pyse.socket_manager_tree import start_broker_thread
 from pyse.worker import Worker
 
 
@@ -142,6 +144,7 @@ class InProcessServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.events: "queue.SimpleQueue[Optional[ServerEvent]]" = queue.SimpleQueue()
         self._control: Optional[ControlThread] = None
+        self._broker_thread: Optional[BrokerThread] = None
         super().__init__(*args, **kwargs)
 
     def post(self, event: Optional[ServerEvent]) -> None:
@@ -151,8 +154,14 @@ class InProcessServer(Server):
     def start_control(self) -> None:
         self._control = ControlThread(self.post, self.parent_link)
         self._control.start()
+        # Brokers this process owns get a thread of their own, away from
+        # the control thread's heartbeats (see pyse.socket_manager_tree).
+        self._broker_thread = start_broker_thread(self.logger)
 
     def stop_control(self) -> None:
+        if self._broker_thread is not None:
+            self._broker_thread.close()
+            self._broker_thread = None
         if self._control is not None:
             self._control.close()
             self._control = None

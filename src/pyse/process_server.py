@@ -16,6 +16,7 @@ from pyse.lowlevel import Event, EventKind
 from pyse.multi_worker_server import MultiWorkerServer, WorkerSlot
 from pyse.process_manager import ProcessManager, kill_config
 from pyse.signals import DUMP, RELOAD, describe_wait_status
+from pyse.socket_manager_tree import OwnedBrokers
 
 
 class ProcessServer(MultiWorkerServer):
@@ -42,6 +43,9 @@ class ProcessServer(MultiWorkerServer):
 
     def run(self) -> None:
         self.open_manager()
+        # The brokers of the socket managers this process owns (ours without
+        # a supervisor, or one before_run() opened) are served by our loop.
+        self.manager.add_watcher(OwnedBrokers())
         try:
             while True:
                 deadline = self.manage_workers(lowlevel.now())
