@@ -2,6 +2,7 @@
 supervisor, the listener in the socket manager) while the tree restarts,
 one kind of event per run:
 
+- ``none``: no event, for comparison;
 - ``worker-kill``: a random worker is SIGKILLed every 50 ms;
 - ``usr1``: USR1 (graceful restart of the workers) every 100 ms, once the
   workers of the previous one all run;
@@ -16,9 +17,9 @@ one kind of event per run:
 
 Each request opens a new connection (``Connection: close``), so that every
 one goes through the listener; ``--keep-alive`` measures wrk's default
-instead.  Prints one Markdown row per event: requests, requests/s, wrk's
-error counts (connect errors must be 0: no client was refused) and the
-events the load crossed.
+instead.  Prints one Markdown row per event: the events the load crossed,
+requests, requests/s, the 99th percentile of the latency, and wrk's error
+counts (connect errors must be 0: no client was refused).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "examples" / "http_server.py"
 WORKERS = 4
-EVENTS = ("worker-kill", "usr1", "server-kill", "int")
+EVENTS = ("none", "worker-kill", "usr1", "server-kill", "int")
 
 
 def children(pid: int) -> list[int]:
@@ -95,6 +96,8 @@ class Tree:
 
     def cause(self, event: str) -> bool:
         """One event if it is due; True if it happened."""
+        if event == "none":
+            return False
         if event == "worker-kill":
             try:
                 os.kill(random.choice(self.workers()), signal.SIGKILL)
@@ -163,14 +166,14 @@ def main() -> None:
     events = args.events.split(",")
     if set(events) - set(EVENTS):
         parser.error(f"--events: expected some of {', '.join(EVENTS)}")
-    print("| event | events crossed | requests | requests/s | connect errors | read errors "
-          "| write errors | timeouts | non-2xx |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| event | events crossed | requests | requests/s | p99 latency | connect errors "
+          "| read errors | write errors | timeouts | non-2xx |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for event in events:
         r = measure(event, args.seconds, args.keep_alive, args.log)
         seconds = r["duration_us"] / 1e6
         print(f"| {event} | {r['events']} | {r['requests']} | {r['requests'] / seconds:.0f} "
-              f"| {r['connect']} | {r['read']} | {r['write']} | {r['timeout']} "
+              f"| {r['p99_us'] / 1000:.1f} ms | {r['connect']} | {r['read']} | {r['write']} | {r['timeout']} "
               f"| {r['status']} |", flush=True)
 
 
