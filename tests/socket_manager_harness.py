@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 import helpers
 
 from pyse.socket_manager import SocketManagerServer
-from pyse.socket_manager_broker import BrokerThread
+from pyse.socket_manager_tree import BrokerThread
 
 PROGRAMS = Path(__file__).parent / "programs"
 

@@ -34,8 +34,7 @@ from pyse.lowlevel import EventKind
 from pyse.process_manager import ParentLink
 from pyse.server import Server
 from pyse.signals import SERVER_SIGNALS, signal_name
-from pyse.socket_manager_broker import BrokerThread
-from pyse.socket_manager_tree import start_broker_thread
+from pyse.socket_manager_tree import BrokerThread, start_broker_thread
 from pyse.worker import Worker
 
 

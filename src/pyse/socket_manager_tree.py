@@ -42,12 +42,15 @@ since ``$XDG_RUNTIME_DIR`` belongs to the owner alone.
 from __future__ import annotations
 
 import logging
+import os
+import select
 import tempfile
-from typing import Any, Optional
+import threading
+import time
+from typing import Any, Callable, Optional, Tuple
 
 from pyse import lowlevel, privilege
 from pyse.socket_manager import SocketManagerServer
-from pyse.socket_manager_broker import BrokerThread
 from pyse.socket_manager_client import local_managers
 
 
@@ -158,6 +161,76 @@ class OwnedBrokers:
             due = manager.next_deadline()
             if due is not None and due <= now:
                 manager.handle_deadline(now)
+
+
+class BrokerThread:
+    """Serves a watcher (a :class:`SocketBroker`, a manager, or
+    :class:`pyse.socket_manager_tree.OwnedBrokers`) from a thread of its
+    own, for a process without pyse's loop: an in-process server, a
+    program of yours, a test.  It sleeps in ``poll()`` until an fd is ready
+    or the watcher's deadline comes; :meth:`close` wakes it through a pipe
+    and joins it."""
+
+    def __init__(self, watcher: Any, *, clock: Callable[[], float] = time.monotonic,
+                 logger: Optional[logging.Logger] = None,
+                 name: str = "pyse-socket-broker") -> None:
+        self.watcher = watcher
+        self.clock = clock
+        self.logger = logger or logging.getLogger("pyse.socket_manager")
+        self.name = name
+        self._wakeup: Optional[Tuple[int, int]] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._wakeup = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._thread is not None and self._wakeup is not None:
+            os.write(self._wakeup[1], b"x")
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.logger.error("Socket manager: the broker thread did not stop within "
+                                  "%g s", timeout)
+                return   # it may still read the pipe: leave it open
+        self._thread = None
+        if self._wakeup is not None:
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
+
+    def _serve(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            try:
+                if not self.serve_once(self._wakeup[0]):
+                    return
+            except Exception:
+                # A bug costs one round, not the broker (nor the process).
+                self.logger.exception("Socket manager: the broker thread's round failed")
+
+    def serve_once(self, wakeup_fd: int) -> bool:
+        """One poll and what it found; False once wakeup_fd is readable."""
+        poller = select.poll()
+        poller.register(wakeup_fd, select.POLLIN)
+        for fd, want_read, want_write in self.watcher.watches():
+            poller.register(fd, (select.POLLIN if want_read else 0)
+                            | (select.POLLOUT if want_write else 0))
+        deadline = self.watcher.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - self.clock()) * 1000
+        ready = poller.poll(timeout)
+        now = self.clock()
+        for fd, events in ready:
+            if fd == wakeup_fd:
+                return False
+        for fd, events in ready:
+            readable = bool(events & (select.POLLIN | select.POLLHUP | select.POLLERR))
+            self.watcher.handle_ready(fd, readable, bool(events & select.POLLOUT), now)
+        deadline = self.watcher.next_deadline()
+        if deadline is not None and deadline <= self.clock():
+            self.watcher.handle_deadline(self.clock())
+        return True
 
 
 def start_broker_thread(logger: logging.Logger) -> Optional[BrokerThread]:
