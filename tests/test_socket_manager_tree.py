@@ -96,16 +96,21 @@ def test_the_top_process_owns_the_sockets_every_worker_type_reaches(start_run, t
     assert "Traceback" not in Path(config["log"]).read_text()
 
 
-@pytest.mark.parametrize("worker_type", ["thread", "process"])
-def test_a_sigkilled_server_is_followed_by_one_on_the_same_listener(start_run, tmp_path,
-                                                                    worker_type):
-    config = tree_config(tmp_path, worker_type, supervisor=True)
+@pytest.mark.parametrize("worker_type,how", [("thread", "SIGKILL"), ("process", "SIGKILL"),
+                                              ("process", "restart_server_process")])
+def test_a_new_server_serves_on_the_same_listener(start_run, tmp_path, worker_type, how):
+    """The server SIGKILLed, or restarted by USR1 with restart_server_process."""
+    config = tree_config(tmp_path, worker_type, supervisor=True,
+                         restart_server_process=how == "restart_server_process")
     run = start_tree(start_run, tmp_path, config)
     port = config["test_port"]
     first = ask_tcp(port)
     before = listening_inodes("tcp", port)
     (server,) = run.servers()
-    os.kill(server, signal.SIGKILL)
+    if how == "SIGKILL":
+        os.kill(server, signal.SIGKILL)
+    else:
+        os.kill(run.pid, signal.SIGUSR1)
     helpers.wait_for(lambda: run.servers() and server not in run.servers(), 15,
                      what="a new server")
 
