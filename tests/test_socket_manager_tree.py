@@ -91,6 +91,13 @@ def test_the_top_process_owns_the_sockets_every_worker_type_reaches(start_run, t
         "the top process does not hold the sockets"
     info = json.loads(Path(config["test_info"]).read_text())
     assert info["pid"] != run.pid if supervisor else info["pid"] == run.pid
+    # The broker is served (by the supervisor's loop, a process or spawn
+    # server's loop, or an in-process server's broker thread): another
+    # program gets the same socket.
+    asked = request_socket(info["path"], info["token"],
+                           inet_address("tcp", "127.0.0.1", port), None, timeout=5)
+    assert os.fstat(asked.fileno()).st_ino == tcp_inode
+    asked.close()
     assert run.stop() == 0
     assert not os.path.exists(info["path"]), "the broker's socket was left behind"
     assert "Traceback" not in Path(config["log"]).read_text()
