@@ -45,7 +45,7 @@ def start_http(tmp_path):
             "worker_type": worker_type, "workers": WORKERS, "supervisor": supervisor,
             "socket_manager": True, "bind": "127.0.0.1", "port": port, "log_level": "info",
             "log": str(tmp_path / "pyse.log"), "restart_backoff_base": 0,
-            "server_restart_wait": 0.1, **extra})
+            "server_restart_wait": 0, **extra})
         run = ProgramRun(tmp_path, [sys.executable, PROGRAMS / "socket_http.py", path],
                          supervised=supervisor)
         runs.append(run)
