@@ -33,10 +33,10 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\
 
 
 def listen(host, port):
-    """The listening socket the HTTP workers share; the server holds it, so
-    it stays open while workers die.  When pyse's socket manager is used, this
-    function's one line becomes the socket manager's TCP listener."""
-    return socket.create_server((host, port), backlog=2048)
+    """The listening socket the HTTP workers share: the socket manager's
+    (``socket_manager: true``, set by load_config in http mode), which the
+    server holds, so it stays open while workers die."""
+    return pyse.SocketManager.Client().listen_tcp(host, port)
 
 
 class HttpServer:
@@ -106,7 +106,8 @@ def answer(conn):
 
 def load_config():
     with open(sys.argv[1]) as f:
-        return json.load(f)
+        config = json.load(f)
+    return {"socket_manager": config.get("bench_mode") == "http", **config}
 
 
 if __name__ == "__main__":

@@ -4,14 +4,24 @@
     curl -i http://127.0.0.1:8080/
     wrk -t2 -c16 -d10s http://127.0.0.1:8080/
 
-The server process owns the listening socket through pyse.SocketManager;
-each worker process takes a dup of it and serves each connection on a
-thread of its own, with HTTP/1.1 keep-alive and a Content-Length on every
-response.  Kill a worker (kill -KILL <pid>): the socket stays open in the
-server, the kernel queues new connections, and the replacement accepts
-them, so no client is refused; only the requests the dead worker was
-answering are cut.  USR1 restarts the workers gracefully: each stops
-accepting, answers the requests it has (with "Connection: close") and exits.
+With ``socket_manager: true`` pyse opens the socket manager in the top
+process, here the supervisor (``supervisor: true``); the server's
+before_run() asks it for the listener, and each worker process takes a dup
+and serves each connection on a thread of its own, with HTTP/1.1
+keep-alive and a Content-Length on every response.  The listening socket
+lives in the supervisor, so no restart closes it: connections made while
+nobody accepts wait in the kernel's queue, and no client is refused.
+
+- kill -KILL <worker pid>: the server starts a new worker; only the
+  requests the dead worker was answering are cut;
+- kill -USR1 <supervisor pid>: the workers restart gracefully: each stops
+  accepting, answers the requests it has (with "Connection: close") and
+  exits;
+- kill -KILL <server pid>: its workers notice and finish; the supervisor
+  starts a new server, whose workers take the same socket;
+- kill -INT <supervisor pid>: a live restart: the old server stops
+  gracefully and a new one starts (beside it, if the old one takes longer
+  than server_detach_wait).
 """
 import http.server
 import os
@@ -35,14 +45,9 @@ DRAIN_TIMEOUT = 10.0
 
 class HTTPServer:
     def before_run(self):
-        self.socket_manager = pyse.SocketManager.Server.from_config(self.config,
-                                                                    logger=self.logger)
-        # Bound before the workers fork: they inherit the manager and take
-        # their dups from it without a round trip.
+        # Asked for before the workers fork, so that they inherit it (and a
+        # port in use fails the start, not every worker).
         self.socket_manager.listen_tcp(self.config["bind"], self.config["port"])
-
-    def after_run(self):
-        self.socket_manager.close()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -83,6 +88,8 @@ class HTTPWorker:
         self.connections_changed = threading.Condition()
 
     def run(self):
+        # Client() finds the manager this process inherited, or, in a
+        # program a spawn worker started, the one its environment names.
         listener = pyse.SocketManager.Client().listen_tcp(self.config["bind"], self.config["port"])
         # stop() writes to it once and nobody reads it: it stays readable,
         # waking the accept loop and every idle connection.
@@ -141,6 +148,8 @@ class HTTPWorker:
 
 if __name__ == "__main__":
     pyse.create(HTTPServer, HTTPWorker, {
+        "supervisor": True,
+        "socket_manager": True,
         "worker_type": "process",
         "workers": int(sys.argv[2]) if len(sys.argv) > 2 else 4,
         "bind": "127.0.0.1",

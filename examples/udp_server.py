@@ -8,10 +8,11 @@ or, without nc::
     python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(b"hello", ("127.0.0.1", 9072)); print(s.recv(100))'
 
-The server process owns the UDP socket through pyse.SocketManager and every
+With ``socket_manager: true`` the supervisor owns the UDP socket and every
 worker process reads from a dup of it: the kernel gives each datagram to
-one of them.  Datagrams sent while a worker restarts wait in the socket's
-buffer, which lives in the server, for whichever worker reads next.
+one of them.  Datagrams sent while a worker or the server restarts (a
+SIGKILL, USR1, a live restart with INT) wait in the socket's buffer, which
+lives in the supervisor, for whichever worker reads next.
 """
 import os
 import socket
@@ -22,13 +23,8 @@ import pyse
 
 class UDPServer:
     def before_run(self):
-        self.socket_manager = pyse.SocketManager.Server.from_config(self.config,
-                                                                    logger=self.logger)
         # Bound before the workers fork: they inherit it (no round trip).
         self.socket_manager.listen_udp(self.config["bind"], self.config["port"])
-
-    def after_run(self):
-        self.socket_manager.close()
 
 
 class UDPWorker:
@@ -54,6 +50,8 @@ class UDPWorker:
 
 if __name__ == "__main__":
     pyse.create(UDPServer, UDPWorker, {
+        "supervisor": True,
+        "socket_manager": True,
         "worker_type": "process",
         "workers": int(sys.argv[2]) if len(sys.argv) > 2 else 4,
         "bind": "127.0.0.1",

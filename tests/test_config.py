@@ -78,6 +78,7 @@ BAD_VALUES: dict[str, tuple[object, str]] = {
     "log_format": ("logfmt", "'serverengine', 'json'"),
     "log_config": ({"handler": {}}, "unknown section(s) 'handler'"),
     "disable_sigdump": (2, "true or false"),
+    "socket_manager": ("on", "true or false"),
     "socket_reuseport": ("yes", "true or false"),
     "socket_backlog": (0, "integer >= 1"),
     "socket_manager_dir": ("", "file path"),

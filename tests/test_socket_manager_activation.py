@@ -14,25 +14,9 @@ import pytest
 
 from helpers import marked_env
 from pyse.socket_manager_activation import adopt_activated_sockets
-from socket_manager_harness import PROGRAMS
+from socket_manager_harness import EXEC_ACTIVATED, PROGRAMS
 
 pytestmark = pytest.mark.timeout(30)
-
-
-#: execs argv[2:] with the fds listed in argv[1] moved to 3, 4, ..., as
-#: systemd passes them, and LISTEN_PID set to the pid (exec keeps it)
-#: unless it is set already
-EXEC_ACTIVATED = """
-import fcntl, os, sys
-fds = [int(fd) for fd in sys.argv[1].split(",")]
-# Out of the way first, so that moving one never overwrites another.
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i)
-    os.close(fd)
-os.environ.setdefault("LISTEN_PID", str(os.getpid()))
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 
 def run_activated(fds: list[int], names: list[str], requests: list, *,

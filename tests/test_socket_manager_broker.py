@@ -241,9 +241,9 @@ def test_deadlines_are_a_function_of_now():
         (client_fd, reads, writes), = [w for w in m.watches() if w[0] != listener_fd]
         assert (reads, writes) == (True, False)
         assert m.next_deadline() == 102.0
-        m.drop_overdue_clients(101.9)
+        m.handle_deadline(101.9)
         assert len(m.watches()) == 2
-        m.drop_overdue_clients(102.0)
+        m.handle_deadline(102.0)
         assert m.watches() == [(listener_fd, True, False)] and m.next_deadline() is None
         assert idle.recv(10) == b""
         # A request is answered within handle_ready(), without another poll.

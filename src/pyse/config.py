@@ -401,6 +401,10 @@ _KEY_LIST: List[Key] = [
     # Other
     Key("disable_sigdump", False, boolean, "Other", "CONT does not write a sigdump file"),
     # Sockets (the socket manager: pyse.SocketManager.Server.from_config)
+    Key("socket_manager", False, boolean, "Sockets",
+        "pyse opens a socket manager in the top process (the supervisor, else the server), "
+        "reached as server.socket_manager and pyse.SocketManager.Client(); its listeners "
+        "outlive worker restarts, server restarts and live restarts"),
     Key("socket_reuseport", False, boolean, "Sockets",
         "set SO_REUSEPORT on the TCP and UDP sockets the socket manager binds"),
     Key("socket_backlog", 4096, integer(1), "Sockets",

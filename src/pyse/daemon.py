@@ -11,9 +11,11 @@ order:
 3. the process title (``daemon_process_name``, else pyse's own, see
    :mod:`pyse.process_title`), then ``chuser``/``chgroup``/``chumask``
    (after daemonizing, before the server exists, in both modes);
-4. logging, then the server, or with ``supervisor: true`` the supervisor of
-   a server process (:mod:`pyse.supervisor`), with its reporter: systemd's
-   notifications and the control socket (:mod:`pyse.reporter`).
+4. logging, the socket manager (``socket_manager: true``; see
+   :mod:`pyse.socket_manager_tree`), then the server, or with
+   ``supervisor: true`` the supervisor of a server process
+   (:mod:`pyse.supervisor`), with its reporter: systemd's notifications and
+   the control socket (:mod:`pyse.reporter`).
 
 Before all that, systemd's notification variables are read and removed
 from the environment (:mod:`pyse.systemd`), and as PID 1 the stop signals
@@ -46,6 +48,8 @@ from pyse.logger import LogSetup
 from pyse.process_server import ProcessServer
 from pyse.reporter import TopServerReporter
 from pyse.server import ConfigSource, Server
+from pyse.socket_manager import SocketManagerServer
+from pyse.socket_manager_tree import open_tree_manager
 from pyse.spawn_server import SpawnServer
 from pyse.supervisor import Supervisor
 from pyse.supervisor_reporter import SupervisorReporter
@@ -97,6 +101,8 @@ class Daemon:
         self.pid: Optional[int] = None
         #: the Server, or the Supervisor with supervisor: true
         self.server: Optional[Server] = None
+        #: the tree's socket manager, in the top process (socket_manager: true)
+        self.socket_manager: Optional[SocketManagerServer] = None
         self._pid_file: Optional[pidfile.PidFile] = None
         #: systemd's notification socket, when it started us (Type=notify)
         self.notifier: Optional[Notifier] = None
@@ -187,6 +193,7 @@ class Daemon:
         try:
             return self.serve_logged(log_setup, ready)
         finally:
+            self.close_socket_manager()
             self.finish_pid_file(log_setup.logger)
             log_setup.close()
 
@@ -200,6 +207,7 @@ class Daemon:
                            "held its lock)", pid_file.path, pid_file.stale_pid)
         private_fds = [pid_file.fd] if pid_file is not None and pid_file.fd >= 0 else []
         try:
+            self.socket_manager = open_tree_manager(self.config, logger)
             self.server = self.build_top(log_setup, ready, private_fds)
         except Exception as e:
             logger.exception("Creating the server failed")
@@ -218,11 +226,13 @@ class Daemon:
         control = socket_path(os.fspath(pid_path)) if pid_path else None
         if self.config["supervisor"]:
             supervisor = Supervisor(self.server_class, self.worker_class, self.config_source,
-                                    self.config, log_setup, ready=ready, private_fds=private_fds)
+                                    self.config, log_setup, ready=ready, private_fds=private_fds,
+                                    socket_manager=self.socket_manager)
             supervisor.reporter = SupervisorReporter(supervisor, self.notifier, control,
                                                      log_setup.logger)
             return supervisor
-        server = self.server_class(self.worker_class, self.config_source, self.config, log_setup)
+        server = self.server_class(self.worker_class, self.config_source, self.config, log_setup,
+                                   socket_manager=self.socket_manager)
         server.reporter = TopServerReporter(server, self.notifier, control, log_setup.logger)
         # Workers must not keep the pid file's lock (it means: the daemon
         # lives).  Servers that do not fork have no private fds.
@@ -246,6 +256,13 @@ class Daemon:
         finally:
             if ready.fd >= 0:  # it returned without ever being up
                 ready.failed("the server exited during its start")
+
+    def close_socket_manager(self) -> None:
+        """The end of the top process: the listeners close, the broker's
+        files go."""
+        manager, self.socket_manager = self.socket_manager, None
+        if manager is not None:
+            manager.close()
 
     def finish_pid_file(self, logger: Any) -> None:
         """A clean exit of the daemon: the pid file goes."""

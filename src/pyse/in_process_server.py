@@ -35,6 +35,7 @@ from pyse.process_manager import ParentLink
 from pyse.reporter import ServingLoop
 from pyse.server import Server
 from pyse.signals import SERVER_SIGNALS, replay_held_signals, signal_name
+from pyse.socket_manager_tree import BrokerThread, start_broker_thread
 from pyse.watching import Watcher, WatcherSet
 from pyse.worker import Worker
 
@@ -177,6 +178,7 @@ class InProcessServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.events: "queue.SimpleQueue[Optional[ServerEvent]]" = queue.SimpleQueue()
         self._control: Optional[ControlThread] = None
+        self._broker_thread: Optional[BrokerThread] = None
         super().__init__(*args, **kwargs)
 
     def post(self, event: Optional[ServerEvent]) -> None:
@@ -191,8 +193,14 @@ class InProcessServer(Server):
         if container.is_init():
             control.add_watcher(container.OrphanReaper(self.logger, lowlevel.now()))
         control.start()
+        # Brokers this process owns get a thread of their own, away from
+        # the control thread's heartbeats (see pyse.socket_manager_tree).
+        self._broker_thread = start_broker_thread(self.logger)
 
     def stop_control(self) -> None:
+        if self._broker_thread is not None:
+            self._broker_thread.close()
+            self._broker_thread = None
         if self._control is not None:
             self._control.close()
             self._control = None

@@ -17,6 +17,7 @@ from pyse.multi_worker_server import MultiWorkerServer, WorkerSlot
 from pyse.process_manager import ProcessManager, kill_config
 from pyse.reporter import ServingLoop
 from pyse.signals import DUMP, RELOAD, describe_wait_status
+from pyse.socket_manager_tree import OwnedBrokers
 
 
 class ProcessServer(MultiWorkerServer):
@@ -46,6 +47,9 @@ class ProcessServer(MultiWorkerServer):
 
     def run(self) -> None:
         self.open_manager()
+        # The brokers of the socket managers this process owns (ours without
+        # a supervisor, or one before_run() opened) are served by our loop.
+        self.manager.add_watcher(OwnedBrokers())
         try:
             while True:
                 deadline = self.manage_workers(lowlevel.now())

@@ -4,13 +4,15 @@ server does on each signal.  One subclass per worker type runs the workers.
 User code may override ``reload_config()``, ``stop(stop_graceful)`` and
 ``restart(stop_graceful)`` and call ``super()``, and define the hooks
 ``initialize()``, ``before_run()``, ``after_run()`` and ``after_start()``.
+``socket_manager`` is the tree's socket manager (``socket_manager: true``;
+see :mod:`pyse.socket_manager_tree`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 from pyse import config as config_mod
 from pyse.config_equivalents import unknown_key_warnings
@@ -22,7 +24,11 @@ from pyse.log_capture import flush_std_streams
 from pyse.process_manager import ParentLink
 from pyse.reporter import Reporter
 from pyse.signals import GRACEFUL_STOP, SERVER_ACTIONS, signal_name
+from pyse.socket_manager_tree import MISSING_MESSAGE, SocketManagerMissing, follow_reload
 from pyse.worker import Worker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.socket_manager import SocketManagerServer
 
 ConfigSource = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
 
@@ -31,7 +37,8 @@ class Server:
     """Base of every server; see the worker-type subclasses."""
 
     def __init__(self, worker_class: type, config_source: ConfigSource,
-                 config: dict, log_setup: Any) -> None:
+                 config: dict, log_setup: Any, *,
+                 socket_manager: Optional["SocketManagerServer"] = None) -> None:
         self._worker_class = worker_class
         self._config_source = config_source
         self.config: dict = config
@@ -53,7 +60,22 @@ class Server:
         #: who hears what this server does: systemd and pyse status (as the
         #: top process), its supervisor; nobody by default (see pyse.reporter)
         self.reporter: Reporter = Reporter()
+        self._socket_manager = socket_manager
         self.initialize()
+
+    @property
+    def socket_manager(self) -> "SocketManagerServer":
+        """The socket manager of this process tree (``socket_manager:
+        true``), from ``initialize()`` on; in a worker,
+        ``self.server.socket_manager``.  A server may also assign its own.
+        Without one, an AttributeError says which key to set."""
+        if self._socket_manager is None:
+            raise SocketManagerMissing(MISSING_MESSAGE)
+        return self._socket_manager
+
+    @socket_manager.setter
+    def socket_manager(self, manager: Optional["SocketManagerServer"]) -> None:
+        self._socket_manager = manager
 
     # -- user hooks --------------------------------------------------------
     def initialize(self) -> None:
@@ -118,6 +140,7 @@ class Server:
             new = dict(new, log=self.config["log"])
         self.config = new
         self.apply_config(new)
+        follow_reload(self._socket_manager, new, self.logger)
 
     def apply_config(self, config: dict) -> None:
         """Subclasses put reloaded keys into effect here."""

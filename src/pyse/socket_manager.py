@@ -13,7 +13,9 @@ reloads.  Each asker gets its own dup.  A child forked from the owner holds
 the table too and takes its dups from it without asking; other processes
 ask the broker (:mod:`pyse.socket_manager_broker`), which the owner's loop
 drives through :meth:`watches`, :meth:`handle_ready`, :meth:`next_deadline`
-and :meth:`drop_overdue_clients`.  docs/sockets.md has the whole story.
+and :meth:`handle_deadline` (the loop's watcher protocol).  How pyse's
+process tree opens, drives and hands out its manager is
+:mod:`pyse.socket_manager_tree`.  docs/sockets.md has the whole story.
 """
 from __future__ import annotations
 
@@ -120,12 +122,10 @@ class SocketManagerServer:
         return self.acquire(None, name)
 
     def acquire(self, address: Optional[SocketAddress], name: Optional[str]) -> socket.socket:
-        sock = self.local_socket(address, name)
-        if sock is None:
-            # A forked copy, asking for a socket opened after its fork: the
-            # owner must bind it, or it would die with this process.
-            sock = self.new_client().acquire(address, name)
-        return sock
+        # In a forked copy, a socket opened after its fork comes from the
+        # owner, which must bind it, or it would die with this process; the
+        # client keeps a copy in our table (remember_received).
+        return self.local_socket(address, name) or self.new_client().acquire(address, name)
 
     def local_socket(self, address: Optional[SocketAddress],
                      name: Optional[str]) -> Optional[socket.socket]:
@@ -137,11 +137,11 @@ class SocketManagerServer:
             sock = self._lookup(address, name)
         return None if sock is None else sock.dup()
 
-    def provide(self, address: Optional[SocketAddress], name: Optional[str]
-                ) -> Tuple[socket.socket, SocketAddress]:
-        """The table's socket for a request (binding it if it is new), and
-        its address.  The broker calls this; it never blocks (addresses are
-        numeric by then)."""
+    def provide(self, address: Optional[SocketAddress], name: Optional[str],
+                may_bind: bool = True) -> Tuple[socket.socket, SocketAddress]:
+        """The table's socket for a request (binding it if it is new and
+        ``may_bind``), and its address.  The broker calls this; it never
+        blocks (addresses are numeric by then)."""
         with self._lock:
             sock = self._lookup(address, name)
             if sock is not None:
@@ -149,6 +149,10 @@ class SocketManagerServer:
             if address is None:
                 raise SocketManagerError(f"no socket passed by the service manager is "
                                          f"named {name!r}")
+            if not may_bind:
+                raise SocketManagerError(f"the socket manager holds no socket on {address}, "
+                                         f"and only its owner's user may have it bind one: "
+                                         f"bind it in the server's before_run()")
             sock = bind_listener(address, backlog=self.backlog, reuseport=self.reuseport)
             # Port 0: the key is the port the kernel chose.
             actual = address_of_socket(sock) or address
@@ -169,6 +173,20 @@ class SocketManagerServer:
             return None
         return self._sockets.get(address.key)
 
+    def remember_received(self, sock: socket.socket) -> None:
+        """In a forked copy: keeps a dup of a socket the owner's broker sent,
+        under its real address, so that this process asks for it once and
+        the children it forks from now on inherit it (a supervised server's
+        workers take the listener its ``before_run()`` asked for)."""
+        if os.getpid() == self.owner_pid:
+            return
+        address = address_of_socket(sock)
+        if address is None:
+            return
+        with self._lock:
+            if address.key not in self._sockets:
+                self._sockets[address.key] = sock.dup()
+
     def sockets(self) -> dict[Tuple[Any, ...], socket.socket]:
         """key -> socket of every socket held (not dups: do not close them)."""
         with self._lock:
@@ -182,6 +200,12 @@ class SocketManagerServer:
         return {PATH_ENV: self.path, TOKEN_ENV: self.token}
 
     # -- the broker, driven by the owner's loop ----------------------------------------
+    @property
+    def serves_here(self) -> bool:
+        """True in the process that owns the manager while its broker is
+        open: this process's loop (or a broker thread) must drive it."""
+        return self.broker is not None and os.getpid() == self.owner_pid
+
     def watches(self) -> list[tuple[int, bool, bool]]:
         """(fd, want readable, want writable) for each fd to poll now."""
         return self.broker.watches() if self.broker is not None else []
@@ -193,9 +217,10 @@ class SocketManagerServer:
     def next_deadline(self) -> Optional[float]:
         return self.broker.next_deadline() if self.broker is not None else None
 
-    def drop_overdue_clients(self, now: float) -> None:
+    def handle_deadline(self, now: float) -> None:
+        """Drops the broker clients whose time is up (see next_deadline)."""
         if self.broker is not None:
-            self.broker.drop_overdue_clients(now)
+            self.broker.handle_deadline(now)
 
     # -- the end -------------------------------------------------------------------
     def close(self) -> None:

@@ -8,12 +8,13 @@ thread.  So it is readiness-driven, like a sans-I/O protocol: the owner's
 loop asks :meth:`SocketBroker.watches` which fds to poll, reports readiness
 to :meth:`SocketBroker.handle_ready`, wakes up at
 :meth:`SocketBroker.next_deadline` and calls
-:meth:`SocketBroker.drop_overdue_clients`.  Every socket is non-blocking, a
+:meth:`SocketBroker.handle_deadline`: the watcher protocol of
+:class:`pyse.process_manager.ProcessManager`.  Every socket is non-blocking, a
 request is at most :data:`MAX_REQUEST` bytes, and a client has
 ``timeout`` seconds from its connection to the end of its reply: one that
 sends nothing, sends garbage or never reads costs a few bytes and an fd
-until then, never the loop's time.  :class:`BrokerPoller` is a small
-``select.poll`` driver for programs (and tests) without pyse's loop.
+until then, never the loop's time.  Who drives it is
+:mod:`pyse.socket_manager_tree`'s business.
 
 The wire protocol is in docs/sockets.md.
 """
@@ -24,11 +25,9 @@ import hmac
 import json
 import logging
 import os
-import select
 import socket
 import struct
 import tempfile
-import threading
 from typing import Callable, Optional, Tuple
 
 from pyse.socket_manager_address import UNIX_PATH_MAX, SocketAddress, address_from_request
@@ -44,8 +43,10 @@ ACCEPTS_PER_WAKEUP = 16
 ACCEPT_PAUSE = 0.1
 BROKER_SOCKET_NAME = "broker.sock"
 
-#: provide(address or None, name or None) -> (the table's socket, its address)
-Provider = Callable[[Optional[SocketAddress], Optional[str]], Tuple[socket.socket, SocketAddress]]
+#: provide(address or None, name or None, may_bind) -> (the table's socket, its
+#: address); without may_bind, only a socket the table already holds
+Provider = Callable[[Optional[SocketAddress], Optional[str], bool],
+                    Tuple[socket.socket, SocketAddress]]
 
 
 class ClientState(enum.Enum):
@@ -65,7 +66,7 @@ class BrokerClient:
         self.outbox = b""
         #: a dup of the socket being handed over, closed once sent
         self.fd_to_send: Optional[int] = None
-        self.peer = peer_description(sock)
+        self.peer_uid, self.peer = peer_credentials(sock)
 
     def close(self) -> None:
         if self.fd_to_send is not None:
@@ -74,14 +75,15 @@ class BrokerClient:
         self.sock.close()
 
 
-def peer_description(sock: socket.socket) -> str:
-    """"pid 123 uid 1000" from SO_PEERCRED, for the log."""
+def peer_credentials(sock: socket.socket) -> Tuple[Optional[int], str]:
+    """(uid or None, "pid 123 uid 1000") from SO_PEERCRED, for the checks
+    and the log."""
     try:
         pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                           struct.calcsize("3i")))
     except OSError as e:
-        return f"unknown peer ({e.strerror})"
-    return f"pid {pid} uid {uid}"
+        return None, f"unknown peer ({e.strerror})"
+    return uid, f"pid {pid} uid {uid}"
 
 
 def open_broker_socket(path: Optional[str], directory: Optional[str]
@@ -165,7 +167,7 @@ class SocketBroker:
         return out
 
     def next_deadline(self) -> Optional[float]:
-        """The earliest time drop_overdue_clients() has work (monotonic), or None."""
+        """The earliest time handle_deadline() has work (monotonic), or None."""
         times = [c.deadline for c in self._clients.values()]
         if self._accept_paused_until is not None:
             times.append(self._accept_paused_until)
@@ -186,7 +188,8 @@ class SocketBroker:
         elif client.state is ClientState.WRITING_REPLY and (writable or readable):
             self.write_reply(client)
 
-    def drop_overdue_clients(self, now: float) -> None:
+    def handle_deadline(self, now: float) -> None:
+        """Drops the clients whose time is up; accepts again after a pause."""
         if self._accept_paused_until is not None and now >= self._accept_paused_until:
             self._accept_paused_until = None
         for fd, client in list(self._clients.items()):
@@ -254,7 +257,7 @@ class SocketBroker:
                 self.reply(client, {"ok": False, "error": "wrong token"})
                 return
             address, name = parse_request(request)
-            sock, actual = self._provide(address, name)
+            sock, actual = self._provide(address, name, self.may_bind_for(client))
         except (ValueError, RecursionError) as e:
             # json's errors and UnicodeError are ValueErrors; RecursionError
             # is JSON nested too deep.
@@ -270,6 +273,30 @@ class SocketBroker:
             return
         self.logger.debug("Socket manager: handing %s to %s", actual, client.peer)
         self.reply(client, {"ok": True, **actual.to_request()}, os.dup(sock.fileno()))
+
+    def may_bind_for(self, client: BrokerClient) -> bool:
+        """Whether a request of this client may make the owner bind a new
+        socket: only one of the owner's own user (or root's).  A worker
+        that runs as another user (``worker_chuser``, let in through
+        :meth:`open_to_group`) gets the sockets the owner holds, and cannot
+        make a privileged owner bind an address or create a unix socket
+        where its own user could not."""
+        return client.peer_uid is not None and client.peer_uid in (0, os.geteuid())
+
+    def open_to_group(self, gid: int) -> None:
+        """Lets the members of group gid connect: the socket becomes mode
+        0660 and the private directory pyse made for it 0710, both of that
+        group.  Neither is writable by the group, so no member can replace
+        the socket."""
+        for path, mode in ((self._created_dir, 0o710), (self.path, 0o660)):
+            if path is None:
+                continue
+            try:
+                os.chown(path, -1, gid)
+                os.chmod(path, mode)
+            except OSError as e:
+                raise OSError(e.errno, f"giving the socket manager's {path} to group {gid} "
+                                       f"(mode {mode:o}): {e.strerror}") from None
 
     def reply(self, client: BrokerClient, message: dict, fd: Optional[int] = None) -> None:
         client.state = ClientState.WRITING_REPLY
@@ -327,30 +354,3 @@ def parse_request(request: dict) -> Tuple[Optional[SocketAddress], Optional[str]
     if address is None and name is None:
         raise ValueError("a request names a socket by kind and address, or by name")
     return address, name
-
-
-class BrokerPoller:
-    """Drives a broker with ``select.poll``, for a program without pyse's
-    loop (and for tests); one :meth:`run_once` is one poll."""
-
-    def __init__(self, broker: "SocketBroker", clock: Callable[[], float]) -> None:
-        self.broker = broker
-        self.clock = clock
-
-    def run_once(self, timeout: float) -> None:
-        poller = select.poll()
-        for fd, want_read, want_write in self.broker.watches():
-            poller.register(fd, (select.POLLIN if want_read else 0)
-                            | (select.POLLOUT if want_write else 0))
-        deadline = self.broker.next_deadline()
-        if deadline is not None:
-            timeout = max(0.0, min(timeout, deadline - self.clock()))
-        for fd, events in poller.poll(timeout * 1000):
-            readable = bool(events & (select.POLLIN | select.POLLHUP | select.POLLERR))
-            self.broker.handle_ready(fd, readable, bool(events & select.POLLOUT), self.clock())
-        self.broker.drop_overdue_clients(self.clock())
-
-    def serve_until(self, stop: threading.Event, tick: float = 0.05) -> None:
-        """Runs until stop is set (noticed within ``tick`` seconds)."""
-        while not stop.is_set():
-            self.run_once(tick)

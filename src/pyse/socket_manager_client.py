@@ -104,11 +104,13 @@ class SocketManagerClient:
 
     def acquire(self, address: Optional[SocketAddress], name: Optional[str]) -> socket.socket:
         local = _local_managers.get(self.path)
-        if local is not None and hmac.compare_digest(local.token, self.token):
-            sock = local.local_socket(address, name)
-            if sock is not None:
-                return sock
-        return request_socket(self.path, self.token, address, name, self.timeout)
+        if local is None or not hmac.compare_digest(local.token, self.token):
+            return request_socket(self.path, self.token, address, name, self.timeout)
+        sock = local.local_socket(address, name)
+        if sock is None:
+            sock = request_socket(self.path, self.token, address, name, self.timeout)
+            local.remember_received(sock)
+        return sock
 
 
 def request_socket(path: str, token: str, address: Optional[SocketAddress],

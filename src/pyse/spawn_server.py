@@ -20,6 +20,11 @@ Other differences from a process worker: USR2 sends ``worker_reload_signal``
 to each command (nothing when unset); CONT is not passed on (an external
 program has no sigdump); if the server dies, the kernel sends the commands
 TERM (``PR_SET_PDEATHSIG``), so none is left behind.
+
+A server with a socket manager (``server.socket_manager``) puts its broker's
+path and token into each command's environment, so that the command asks
+for its listening sockets with ``pyse.SocketManager.Client()`` (or speaks
+the broker's protocol itself).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from pyse.lowlevel import Event, EventKind
 from pyse.multi_worker_server import WorkerSlot
 from pyse.process_manager import ChildRole, ParentLink, kill_config
 from pyse.process_server import ProcessServer
+from pyse.socket_manager_tree import spawn_environment
 
 #: seconds the server waits for a forked command to exec (or fail to) before
 #: it goes back to its loop and monitors the child anyway
@@ -70,7 +76,8 @@ class CommandLauncher:
         if self.pid is not None:
             raise RuntimeError(f"worker {self.worker_id}: spawn() may start one command, "
                                f"and already started pid {self.pid}")
-        full_env = dict(os.environ)
+        # The socket manager's path and token come first: env may override them.
+        full_env = {**os.environ, **spawn_environment(self._server)}
         for key, value in (env or {}).items():
             if value is None:
                 full_env.pop(str(key), None)

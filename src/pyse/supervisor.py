@@ -35,6 +35,7 @@ from pyse.multi_worker_server import EXIT_START_FAILED
 from pyse.process_manager import ChildRole, ParentLink, ProcessManager, kill_config
 from pyse.reporter import ServingLoop
 from pyse.server import Server
+from pyse.socket_manager_tree import OwnedBrokers
 from pyse.state_table import next_state
 from pyse.supervisor_reporter import SupervisorReporter
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
@@ -82,7 +83,7 @@ class Supervisor(Server):
 
     def __init__(self, server_class: type, worker_class: type, config_source: Any,
                  config: dict, log_setup: Any, *, ready: Any = None,
-                 private_fds: Optional[list[int]] = None) -> None:
+                 private_fds: Optional[list[int]] = None, socket_manager: Any = None) -> None:
         self.server_class = server_class
         self.state = SupervisorState.STARTING
         #: the server the supervisor keeps alive (None while STARTING)
@@ -93,7 +94,9 @@ class Supervisor(Server):
         self.detach_deadline: Optional[float] = None
         self.starts = 0
         self._ready = ready
-        super().__init__(worker_class, config_source, config, log_setup)
+        # We own the socket manager, if any: the listeners outlive servers.
+        super().__init__(worker_class, config_source, config, log_setup,
+                         socket_manager=socket_manager)
         self.manager = ProcessManager(self.logger)
         self.manager.private_fds.extend(private_fds or ())
         #: systemd, pyse status and the channels to the server processes
@@ -107,6 +110,7 @@ class Supervisor(Server):
     def run(self) -> None:
         self.manager.open()
         self.reporter.attach(ServingLoop(self.manager.add_watcher, self.manager.remove_watcher))
+        self.manager.add_watcher(OwnedBrokers())
         try:
             while True:
                 deadline = self.manage_server(lowlevel.now())
@@ -160,7 +164,7 @@ class Supervisor(Server):
         ready, self._ready = self._ready, None
         try:
             server = self.server_class(self._worker_class, self._config_source, self.config,
-                                       self._log_setup)
+                                       self._log_setup, socket_manager=self._socket_manager)
             child = self.manager.fork("Server", server_role(self.config),
                                       lambda link: server_process(server, link, ready),
                                       kill_config(self.config, "server_"),
