@@ -66,6 +66,8 @@ def session_tmpdir() -> str:
         import tempfile
 
         path = os.environ[TMPDIR_ENV] = tempfile.mkdtemp(prefix="pyse-test-session-")
+        # As /tmp is: programs that dropped to another user write here too.
+        os.chmod(path, 0o1777)
     return path
 
 
