@@ -290,3 +290,19 @@ def test_the_cli_reference_lists_every_equivalent_and_every_option():
         for action in command._actions:
             for option in action.option_strings:
                 assert option in text, (name, option)
+
+
+def test_log_format_and_log_config_flags(app_dir):
+    """--log-config FILE and --log-format FORMAT set log_config and
+    log_format, and a run writes what they ask for."""
+    write(app_dir, "logging.json", '{"version": 1, "loggers": {"quiet.lib": {"level": "ERROR"}}}')
+    printed = pyse_command("run", "app:W", "--log-config", "logging.json", "--log-format",
+                           "json", "--print-config", cwd=app_dir)
+    assert printed.returncode == 0, printed.stderr
+    lines = {line.split()[0]: line for line in printed.stdout.splitlines() if line}
+    assert '"logging.json"' in lines["log_config"] and "--log-config" in lines["log_config"]
+    assert '"json"' in lines["log_format"] and "--log-format" in lines["log_format"]
+    bad = pyse_command("run", "app:W", "--log-format", "xml", "--check-config", cwd=app_dir)
+    assert bad.returncode == 1
+    assert "config key 'log_format': got 'xml', expected one of 'serverengine', 'json'" in \
+        bad.stderr

@@ -143,7 +143,7 @@ configuration, lowest to highest precedence:
   pyse's defaults < the config file (-c) < {ENV_VAR} < the command line's flags < --set
 
   {ENV_VAR} holds options of 'pyse run' (-c, -w, -k, -D, -p, --log-file,
-  --log-level, --set), split as a shell would; e.g.
+  --log-level, --log-format, --log-config, --set), split as a shell would; e.g.
   {ENV_VAR}="-w 4 --set log_rotate_age=10".
   Config file formats, by extension: {format_names()} (.yaml needs PyYAML;
   a .py file's module-level names become keys).

@@ -90,6 +90,11 @@ CONFIG_FLAGS = (
     ConfigFlag(("--log-level",), "log_level", "LEVEL",
                "lowest level logged: " + ", ".join(config_mod.LOG_LEVELS)
                + " (warning and critical are accepted)"),
+    ConfigFlag(("--log-format",), "log_format", "FORMAT",
+               "the log's lines: serverengine (Ruby Logger's) or json (one object a line)"),
+    ConfigFlag(("--log-config",), "log_config", "FILE",
+               "Python logging configuration applied in every process: a dictConfig "
+               "dict in .json/.toml/.yaml, or an .ini/.conf/.cfg fileConfig file"),
 )
 
 
