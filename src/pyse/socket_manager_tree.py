@@ -62,7 +62,7 @@ MISSING_MESSAGE = ("server.socket_manager: no socket manager was opened; set the
                    "configuration key socket_manager to true")
 
 
-def open_tree_manager(config: dict, logger: logging.Logger) -> Optional[SocketManagerServer]:
+def open_tree_manager(config: dict[str, Any], logger: logging.Logger) -> Optional[SocketManagerServer]:
     """The manager of a daemon's tree, in the top process, or None when
     ``socket_manager`` is off.  Raises OSError (or PrivilegeError for a
     worker group that does not exist) naming what failed."""
@@ -86,7 +86,7 @@ def open_tree_manager(config: dict, logger: logging.Logger) -> Optional[SocketMa
     return manager
 
 
-def worker_group(config: dict) -> Optional[int]:
+def worker_group(config: dict[str, Any]) -> Optional[int]:
     """The gid worker processes run as, when ``worker_chuser`` or
     ``worker_chgroup`` changes it; None otherwise."""
     user, group, _ = privilege.identity_from_config(config, "worker_")
@@ -102,7 +102,7 @@ def open_to_group(manager: SocketManagerServer, gid: int) -> None:
     manager.broker.open_to_group(gid)
 
 
-def follow_reload(manager: Optional[SocketManagerServer], config: dict,
+def follow_reload(manager: Optional[SocketManagerServer], config: dict[str, Any],
                   logger: logging.Logger) -> None:
     """After a reload, in the owner: the broker follows a new
     ``worker_chuser``/``worker_chgroup`` (logged, never raised: a reload

@@ -109,7 +109,7 @@ class SpawnServer(ProcessServer):
             # A program may never beat: it is up once it runs.
             self.worker_up(slot)
 
-    def spawn_command(self, worker_id: int, argv: list[str], env: dict) -> tuple[int, bool]:
+    def spawn_command(self, worker_id: int, argv: list[str], env: dict[str, str]) -> tuple[int, bool]:
         """Forks and execs argv; returns its pid and whether the exec is known
         to have worked.  An exec failure is logged here; the child then exits
         with 127."""
@@ -164,7 +164,7 @@ def read_until_exec(fd: int, timeout: float) -> Optional[bytes]:
     deadline = lowlevel.now() + timeout
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         remaining = deadline - lowlevel.now()
         if remaining <= 0 or not poller.poll(remaining * 1000):
@@ -175,7 +175,7 @@ def read_until_exec(fd: int, timeout: float) -> Optional[bytes]:
         chunks.append(chunk)
 
 
-def exec_command(argv: list[str], env: dict, link: ParentLink, error_fd: int) -> int:
+def exec_command(argv: list[str], env: dict[str, str], link: ParentLink, error_fd: int) -> int:
     """In the forked, set-up child: offer the heartbeat fd, exec.  Returns
     (to exit with) only if the exec failed, after writing why to error_fd."""
     if link.gone_at is not None:
