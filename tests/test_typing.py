@@ -25,6 +25,7 @@ from pyse._core import lib
 pytestmark = pytest.mark.timeout(120)
 
 STUB = Path(pyse.__file__).with_name("_core.pyi")
+ROOT = Path(__file__).resolve().parent.parent
 
 # The two documented styles, and what the type checker must make of them.
 SUBCLASSED = '''
@@ -91,15 +92,26 @@ DOCUMENTED_TYPES = ["logging.Logger", "dict[str, Any]", "int", "pyse.server.Serv
                     "pyse.daemon.Daemon"]
 
 
-def run_mypy(tmp_path: Path, programs: dict[str, str]) -> dict[str, list[str]]:
-    """mypy --strict over the programs (name -> source); its lines by program."""
+def first_python_block(path: Path, after: str = "") -> str:
+    """The first ```python block of a document (after a heading, if given)."""
+    text = path.read_text()
+    return re.findall(r"```python\n(.*?)```", text[text.index(after):], re.S)[0]
+
+
+@pytest.fixture(scope="module")
+def mypy_lines(tmp_path_factory) -> dict[str, list[str]]:
+    """One mypy --strict run over the programs; its lines by program."""
     pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[typecheck]')")
+    directory = tmp_path_factory.mktemp("typed")
+    programs = {"subclassed": SUBCLASSED, "modules": MODULES, "plain": PLAIN,
+                "readme": first_python_block(ROOT / "README.md", "## Use it"),
+                "api_doc": first_python_block(ROOT / "docs" / "api.md")}
     for name, source in programs.items():
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        (directory / f"{name}.py").write_text(textwrap.dedent(source))
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(directory / "cache"),
          *(f"{name}.py" for name in programs)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=100)
+        cwd=directory, capture_output=True, text=True, timeout=100)
     assert result.returncode in (0, 1), result.stdout + result.stderr   # 2: mypy itself failed
     lines: dict[str, list[str]] = {name: [] for name in programs}
     for line in result.stdout.splitlines():
@@ -109,17 +121,27 @@ def run_mypy(tmp_path: Path, programs: dict[str, str]) -> dict[str, list[str]]:
     return lines
 
 
-def test_both_documented_styles_type_check_and_a_bare_plain_class_does_not(tmp_path):
-    lines = run_mypy(tmp_path, {"subclassed": SUBCLASSED, "modules": MODULES, "plain": PLAIN})
-    for style in ("subclassed", "modules"):
-        errors = [line for line in lines[style] if ": error:" in line]
-        assert errors == [], f"{style}: {errors}"
-        revealed = [re.sub(r'.*Revealed type is "(.*)"', r"\1", line).replace("builtins.", "")
-                    for line in lines[style] if "Revealed type" in line]
-        assert revealed == DOCUMENTED_TYPES, style
-    plain = "\n".join(lines["plain"])
+def errors(lines: list[str]) -> list[str]:
+    return [line for line in lines if ": error:" in line]
+
+
+@pytest.mark.parametrize("style", ["subclassed", "modules"])
+def test_both_documented_styles_type_check_with_the_documented_types(mypy_lines, style):
+    assert errors(mypy_lines[style]) == []
+    revealed = [re.sub(r'.*Revealed type is "(.*)"', r"\1", line).replace("builtins.", "")
+                for line in mypy_lines[style] if "Revealed type" in line]
+    assert revealed == DOCUMENTED_TYPES
+
+
+def test_a_plain_class_without_a_base_does_not_type_check(mypy_lines):
+    plain = "\n".join(mypy_lines["plain"])
     assert '"MyWorker" has no attribute "logger"' in plain
     assert '"MyWorker" has no attribute "worker_id"' in plain
+
+
+def test_the_first_examples_of_the_readme_and_the_api_doc_type_check(mypy_lines):
+    assert errors(mypy_lines["readme"]) == []
+    assert errors(mypy_lines["api_doc"]) == []
 
 
 @pytest.mark.parametrize("style", ["subclassed", "modules"])

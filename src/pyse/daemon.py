@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 # Everything a daemon may need is imported with this module, while the
 # process is still privileged: after chuser the interpreter's own
@@ -85,6 +85,13 @@ def create(server_module: Optional[type], worker_module: type,
 
 
 class Daemon:
+    """What :func:`create` returns: ``run()`` or ``main()`` starts the
+    daemon here; ``stop()``, ``restart()``, ``reload()``, ``detach()`` and
+    ``dump()`` signal a running one (this object's own run, else the live
+    daemon of ``pid_path``).  ``config`` is the validated configuration
+    (``dict[str, Any]``); ``pid`` the running daemon's pid (``int``, once
+    known) and ``server`` its :class:`pyse.Server` (in the daemon process)."""
+
     def __init__(self, server_module: Optional[type], worker_module: type,
                  config: Optional[ConfigSource] = None) -> None:
         self.config_source: ConfigSource = {} if config is None else config
@@ -154,8 +161,9 @@ class Daemon:
             report_startup_error(str(e))
             return error_code
 
-    def run(self) -> None:
-        """Runs the daemon and ends the process with its exit status."""
+    def run(self) -> NoReturn:
+        """Runs the daemon and ends the process with its exit status
+        (raises SystemExit)."""
         raise SystemExit(self.main())
 
     def reserve_pid_file(self) -> Optional[pidfile.PidFile]:

@@ -47,11 +47,14 @@ import select
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from pyse import lowlevel, privilege
 from pyse.socket_manager import SocketManagerServer
 from pyse.socket_manager_client import local_managers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.server import Server
 
 
 class SocketManagerMissing(AttributeError):
@@ -117,11 +120,14 @@ def follow_reload(manager: Optional[SocketManagerServer], config: dict[str, Any]
         logger.error("Socket manager: could not open the broker to the workers' group: %s", e)
 
 
-def spawn_environment(server: Any) -> dict[str, str]:
+def spawn_environment(server: Server) -> dict[str, str]:
     """The variables that let a program a spawn worker starts reach the
     server's socket manager (none when it has none)."""
-    manager = getattr(server, "socket_manager", None)
-    return manager.environment() if manager is not None else {}
+    try:
+        manager = server.socket_manager
+    except SocketManagerMissing:
+        return {}
+    return manager.environment()
 
 
 class OwnedBrokers:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 from pyse import lowlevel
 from pyse.lowlevel import Event, EventKind
@@ -60,14 +60,16 @@ class CommandLauncher:
         #: whether its exec is known to have worked
         self.exec_ok = False
 
-    def spawn(self, env: Optional[Mapping[str, str]], *cmd: str) -> int:
+    def spawn(self, env: Union[Mapping[str, Optional[str]], str, None],
+              *cmd: Union[str, os.PathLike[str]]) -> int:
         """Runs cmd with env added to the server's environment (a None value
         removes the variable, as in Ruby); returns its pid.  A single string
         with spaces runs through ``/bin/sh -c``, so a command line written
         for Ruby's ``Process.spawn`` works unchanged; a first argument that
         is a string is the command itself (no env)."""
         if isinstance(env, str):
-            env, cmd = None, (env, *cmd)
+            cmd = (env, *cmd)
+            env = None
         argv = [os.fspath(a) for a in cmd]
         if not argv:
             raise ValueError("process_manager.spawn() needs a command")
