@@ -125,7 +125,7 @@ def spawn_environment(server: Server) -> dict[str, str]:
     server's socket manager (none when it has none)."""
     try:
         manager = server.socket_manager
-    except SocketManagerMissing:
+    except AttributeError:   # SocketManagerMissing: it has none
         return {}
     return manager.environment()
 
