@@ -18,13 +18,13 @@ import time
 import pyse
 
 
-class SimpleWorker:                 # module SimpleWorker
-    def run(self):                  #   def run
+class SimpleWorker(pyse.WorkerModule):  # module SimpleWorker
+    def run(self) -> None:          #   def run
         while not getattr(self, "stopped", False):  # until @stop
             self.logger.info(f"[worker_id: {self.worker_id}] Awesome work!")
             time.sleep(5)           #     sleep 5
 
-    def stop(self):                 #   def stop
+    def stop(self) -> None:         #   def stop
         self.stopped = True         #     @stop = true
 
 

@@ -28,8 +28,10 @@ import os
 import select
 import selectors
 import socket
+import socketserver
 import sys
 import threading
+from typing import Any, cast
 
 import pyse
 
@@ -43,8 +45,8 @@ STOP_GRACE = 0.2
 DRAIN_TIMEOUT = 10.0
 
 
-class HTTPServer:
-    def before_run(self):
+class HTTPServer(pyse.Server):
+    def before_run(self) -> None:
         # Asked for before the workers fork, so that they inherit it (and a
         # port in use fails the start, not every worker).
         self.socket_manager.listen_tcp(self.config["bind"], self.config["port"])
@@ -55,19 +57,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
     timeout = 5                     # seconds to read a request once it has begun
     disable_nagle_algorithm = True  # headers and body leave at once, not 40 ms apart
 
-    def handle(self):
-        # BaseRequestHandler calls its third argument "server": the worker.
-        while self.server.wait_for_request(self.connection):
+    def __init__(self, conn: socket.socket, address: Any, worker: "HTTPWorker") -> None:
+        self.worker = worker    # first: BaseRequestHandler.__init__ serves the connection
+        # Its third argument, "server", is only kept as self.server, which
+        # BaseHTTPRequestHandler never reads; the worker plays that part.
+        super().__init__(conn, address, cast(socketserver.BaseServer, worker))
+
+    def handle(self) -> None:
+        while self.worker.wait_for_request(self.connection):
             self.handle_one_request()
             if self.close_connection:
                 break
 
-    def do_GET(self):
-        body = b"Hello from worker %d (pid %d)\n" % (self.server.worker_id, os.getpid())
+    def do_GET(self) -> None:
+        body = b"Hello from worker %d (pid %d)\n" % (self.worker.worker_id, os.getpid())
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
-        if self.server.stopping.is_set():
+        if self.worker.stopping.is_set():
             self.close_connection = True
         if self.close_connection:    # stopping, or the client asked (or spoke HTTP/1.0)
             self.send_header("Connection", "close")
@@ -77,17 +84,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def log_message(self, format, *args):
-        self.server.logger.debug("%s %s", self.address_string(), format % args)
+    def log_message(self, format: str, *args: Any) -> None:
+        self.worker.logger.debug("%s %s", self.address_string(), format % args)
 
 
-class HTTPWorker:
-    def initialize(self):
+# A plain class at run time (pyse.WorkerModule; pyse mixes it into
+# pyse.Worker), so that a program can also run it without pyse around it.
+class HTTPWorker(pyse.WorkerModule):
+    def initialize(self) -> None:
         self.stopping = threading.Event()
         self.connections = 0
         self.connections_changed = threading.Condition()
 
-    def run(self):
+    def run(self) -> None:
         # Client() finds the manager this process inherited, or, in a
         # program a spawn worker started, the one its environment names.
         listener = pyse.SocketManager.Client().listen_tcp(self.config["bind"], self.config["port"])
@@ -107,7 +116,7 @@ class HTTPWorker:
         with self.connections_changed:
             self.connections_changed.wait_for(lambda: self.connections == 0, DRAIN_TIMEOUT)
 
-    def accept(self, listener):
+    def accept(self, listener: socket.socket) -> None:
         try:
             conn, address = listener.accept()
         except BlockingIOError:
@@ -116,7 +125,7 @@ class HTTPWorker:
             self.connections += 1
         threading.Thread(target=self.serve, args=(conn, address), daemon=True).start()
 
-    def serve(self, conn, address):
+    def serve(self, conn: socket.socket, address: Any) -> None:
         try:
             Handler(conn, address, self)
         except OSError as e:
@@ -127,7 +136,7 @@ class HTTPWorker:
                 self.connections -= 1
                 self.connections_changed.notify_all()
 
-    def wait_for_request(self, conn):
+    def wait_for_request(self, conn: socket.socket) -> bool:
         """True once conn has a request to read; False when it stayed idle
         too long, or the worker is stopping and none came within the grace."""
         poller = select.poll()          # not select(): fds may pass 1024
@@ -139,7 +148,7 @@ class HTTPWorker:
         poller.unregister(self.stop_r)
         return bool(poller.poll(STOP_GRACE * 1000))
 
-    def stop(self):
+    def stop(self) -> None:
         self.stopping.set()
         stop_w = getattr(self, "stop_w", None)
         if stop_w is not None:

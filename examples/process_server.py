@@ -13,20 +13,20 @@ import os
 import pyse
 
 
-class MyWorker:
-    def initialize(self):
+class MyWorker(pyse.Worker):
+    def initialize(self) -> None:
         self.flag = pyse.BlockingFlag()
 
-    def run(self):
+    def run(self) -> None:
         self.logger.info("worker %d running in pid %d", self.worker_id, os.getpid())
         while not self.flag.wait_for_set(2.0):
             self.logger.info("worker %d: awesome work!", self.worker_id)
         self.logger.info("worker %d: run() returns", self.worker_id)
 
-    def stop(self):
+    def stop(self) -> None:
         self.flag.set()
 
-    def reload(self):
+    def reload(self) -> None:
         self.logger.info("worker %d reloaded", self.worker_id)
 
 

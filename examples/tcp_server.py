@@ -12,16 +12,19 @@ import sys
 import pyse
 
 
-class MyServer:
-    def before_run(self):
+class MyServer(pyse.ServerModule):      # module MyServer
+    def before_run(self) -> None:
         self.sock = socket.create_server((self.config["bind"], self.config["port"]), backlog=128)
 
 
-class MyWorker:
-    def initialize(self):
+class MyWorker(pyse.WorkerModule):      # module MyWorker
+    def initialize(self) -> None:
         self.stop_flag = pyse.BlockingFlag()
 
-    def run(self):
+    def run(self) -> None:
+        # self.server is a pyse.Server to the type checker; at run time it is
+        # MyServer mixed into the process server, as this check tells it.
+        assert isinstance(self.server, MyServer)
         sock = self.server.sock
         sock.settimeout(0.2)  # so that stop() is noticed between connections
         while not self.stop_flag.is_set():
@@ -32,7 +35,7 @@ class MyWorker:
             with conn:
                 conn.sendall(b"Awesome work!")
 
-    def stop(self):
+    def stop(self) -> None:
         self.stop_flag.set()
 
 

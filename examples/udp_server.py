@@ -21,17 +21,17 @@ import sys
 import pyse
 
 
-class UDPServer:
-    def before_run(self):
+class UDPServer(pyse.Server):
+    def before_run(self) -> None:
         # Bound before the workers fork: they inherit it (no round trip).
         self.socket_manager.listen_udp(self.config["bind"], self.config["port"])
 
 
-class UDPWorker:
-    def initialize(self):
+class UDPWorker(pyse.Worker):
+    def initialize(self) -> None:
         self.stop_flag = pyse.BlockingFlag()
 
-    def run(self):
+    def run(self) -> None:
         sock = pyse.SocketManager.Client().listen_udp(self.config["bind"], self.config["port"])
         # A timeout keeps the shared socket non-blocking (as every copy must
         # stay) and lets stop() be noticed between datagrams.
@@ -44,7 +44,7 @@ class UDPWorker:
                 continue
             sock.sendto(prefix + data, sender)
 
-    def stop(self):
+    def stop(self) -> None:
         self.stop_flag.set()
 
 

@@ -21,7 +21,7 @@ import os
 import pwd
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Generic, List, Mapping, Optional, Tuple, TypeVar
 
 from pyse.log_config import EXPECTED as LOG_CONFIG_EXPECTED
 from pyse.log_config import check_log_config
@@ -49,14 +49,24 @@ class _Bad(Exception):
 
 
 # -- checkers: value -> normalised value, or raise _Bad(expected) -------------
-# Each carries what it expects in ``.expected``, for the reference.
-Checker = Callable[[Any], Any]
+Checked = TypeVar("Checked")
 
 
-def expects(expected: str) -> Callable[[Checker], Checker]:
-    def mark(check: Checker) -> Checker:
-        check.expected = expected  # type: ignore[attr-defined]
-        return check
+@dataclass(frozen=True)
+class Checker(Generic[Checked]):
+    """A check of one key's value: returns the value normalised, or raises
+    _Bad.  It carries what it expects, for errors and the reference."""
+
+    expected: str
+    check: Callable[[Any], Checked]
+
+    def __call__(self, value: Any) -> Checked:
+        return self.check(value)
+
+
+def expects(expected: str) -> Callable[[Callable[[Any], Checked]], Checker[Checked]]:
+    def mark(check: Callable[[Any], Checked]) -> Checker[Checked]:
+        return Checker(expected, check)
     return mark
 
 
@@ -71,7 +81,7 @@ def boolean(v: Any) -> bool:
     raise _Bad("true or false")
 
 
-def number(minimum: float = 0.0, *, positive: bool = False, never: bool = False) -> Checker:
+def number(minimum: float = 0.0, *, positive: bool = False, never: bool = False) -> Checker[float]:
     if positive:
         expected = "a number of seconds greater than 0"
     else:
@@ -82,27 +92,28 @@ def number(minimum: float = 0.0, *, positive: bool = False, never: bool = False)
     def check(v: Any) -> float:
         if not _is_number(v) or v != v or v in (float("inf"), float("-inf")):
             raise _Bad(expected)
-        if never and v == -1:
-            return v
-        if (positive and v <= 0) or v < minimum:
+        # ints stay ints (they print as given); other Reals become floats
+        value = v if isinstance(v, (int, float)) else float(v)
+        if never and value == -1:
+            return value
+        if (positive and value <= 0) or value < minimum:
             raise _Bad(expected)
-        return v
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
+        return value
+    return Checker(expected, check)
 
 
-def integer(minimum: int, maximum: Optional[int] = None) -> Checker:
+def integer(minimum: int, maximum: Optional[int] = None) -> Checker[int]:
     expected = (f"an integer from {minimum} to {maximum}" if maximum is not None
                 else f"an integer >= {minimum}")
 
     def check(v: Any) -> int:
         if not isinstance(v, numbers.Integral) or isinstance(v, bool):
             raise _Bad(expected)
-        if v < minimum or (maximum is not None and v > maximum):
+        value = int(v)
+        if value < minimum or (maximum is not None and value > maximum):
             raise _Bad(expected)
-        return int(v)
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
+        return value
+    return Checker(expected, check)
 
 
 @expects("a non-empty string")
@@ -121,7 +132,7 @@ def path(v: Any) -> str:
     raise _Bad("a file path (a non-empty string)")
 
 
-def choice(*allowed: str, aliases: Optional[Mapping[str, str]] = None) -> Checker:
+def choice(*allowed: str, aliases: Optional[Mapping[str, str]] = None) -> Checker[str]:
     aliases = dict(aliases or {})
     expected = "one of " + ", ".join(repr(a) for a in allowed)
 
@@ -131,13 +142,12 @@ def choice(*allowed: str, aliases: Optional[Mapping[str, str]] = None) -> Checke
             if v2 in allowed:
                 return v2
         raise _Bad(expected)
-    check.expected = expected  # type: ignore[attr-defined]
-    return check
+    return Checker(expected, check)
 
 
 @expects("a string with at most one %d or %s for the worker id, e.g. 'se-worker-%d'")
 def process_name_format(v: Any) -> str:
-    expected = process_name_format.expected  # type: ignore[attr-defined]
+    expected = process_name_format.expected
     if not isinstance(v, str) or not v:
         raise _Bad(expected)
     try:
@@ -162,21 +172,21 @@ def format_process_name(fmt: str, worker_id: int) -> str:
 
 @expects("a list of exit codes (integers from 0 to 255)")
 def exit_codes(v: Any) -> List[int]:
-    expected = exit_codes.expected  # type: ignore[attr-defined]
+    expected = exit_codes.expected
     if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
         raise _Bad(expected)
     out = []
     for code in v:
-        if not isinstance(code, numbers.Integral) or isinstance(code, bool) or not 0 <= code <= 255:
+        if not isinstance(code, numbers.Integral) or isinstance(code, bool) or not 0 <= int(code) <= 255:
             raise _Bad(expected)
         out.append(int(code))
     return out
 
 
 @expects("an existing user name or a uid (integer >= 0)")
-def user(v: Any) -> Any:
-    expected = user.expected  # type: ignore[attr-defined]
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0:
+def user(v: Any) -> int | str:
+    expected = user.expected
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0:
         return int(v)
     if isinstance(v, str) and v:
         if v.isdigit():
@@ -190,9 +200,9 @@ def user(v: Any) -> Any:
 
 
 @expects("an existing group name or a gid (integer >= 0)")
-def group(v: Any) -> Any:
-    expected = group.expected  # type: ignore[attr-defined]
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0:
+def group(v: Any) -> int | str:
+    expected = group.expected
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 0:
         return int(v)
     if isinstance(v, str) and v:
         if v.isdigit():
@@ -207,8 +217,8 @@ def group(v: Any) -> Any:
 
 @expects("a umask: an integer from 0 to 0o777, or an octal string like '022'")
 def umask(v: Any) -> int:
-    expected = umask.expected  # type: ignore[attr-defined]
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v <= 0o777:
+    expected = umask.expected
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= int(v) <= 0o777:
         return int(v)
     if isinstance(v, str) and v and all(c in "01234567" for c in v.removeprefix("0o")):
         value = int(v.removeprefix("0o"), 8)
@@ -224,7 +234,7 @@ def log_destination(v: Any) -> Any:
     try:
         return path(v)
     except _Bad:
-        raise _Bad(log_destination.expected) from None  # type: ignore[attr-defined]
+        raise _Bad(log_destination.expected) from None
 
 
 @expects("a subclass of logging.Logger")
@@ -255,7 +265,7 @@ def signal_spec(v: Any) -> int:
     expected = "a signal name like 'USR2' or 'SIGUSR2', or a signal number"
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         try:
-            return int(signal.Signals(v))
+            return int(signal.Signals(int(v)))
         except ValueError:
             raise _Bad(expected) from None
     if isinstance(v, str):
@@ -274,14 +284,14 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 class Key:
     name: str
     default: Any
-    check: Checker
+    check: Checker[Any]
     section: str
     doc: str
     reload: bool = False
 
     @property
     def expected(self) -> str:
-        return self.check.expected  # type: ignore[attr-defined]
+        return self.check.expected
 
 
 _TIMEOUT_DOC = "seconds; -1 means never"
@@ -427,14 +437,14 @@ def _show(value: Any) -> str:
     return text_ if len(text_) <= 80 else text_[:77] + "..."
 
 
-def validate(raw: Any) -> dict:
+def validate(raw: Any) -> dict[str, Any]:
     """Checks a configuration; returns a new dict with defaults filled in and
     values normalised.  Raises :class:`ConfigError` naming the first bad key,
     its value and what was expected.  Unknown keys are kept as they are."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"the configuration must be a dict (a mapping of key to value), "
                           f"got {type(raw).__name__}: {_show(raw)}", None, raw)
-    out: dict = {}
+    out: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str):
             raise ConfigError(f"config key {_show(key)} is a {type(key).__name__}; "
@@ -454,7 +464,7 @@ def validate(raw: Any) -> dict:
     return out
 
 
-def load(source: Any) -> dict:
+def load(source: Any) -> dict[str, Any]:
     """Validates a dict, or calls a callable source and validates its result.
     Whatever else the callable raises becomes a :class:`ConfigError`, so a
     reload can keep the running configuration whatever went wrong; a

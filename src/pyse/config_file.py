@@ -57,6 +57,7 @@ def read_toml(path: str, raw: bytes) -> Any:
         import tomllib as toml
     except ImportError:  # Python 3.10: the same parser is on PyPI as tomli
         try:
+            # the same module under another name; mypy checks against 3.11's tomllib
             import tomli as toml  # type: ignore[no-redef, import-not-found, unused-ignore]
         except ImportError:
             raise ConfigError(f"config file {path!r}: reading TOML needs Python 3.11 or the "
@@ -78,7 +79,7 @@ def read_json(path: str, raw: bytes) -> Any:
 
 def read_yaml(path: str, raw: bytes) -> Any:
     try:
-        import yaml  # type: ignore[import-untyped, unused-ignore]
+        import yaml  # type: ignore[import-untyped, unused-ignore]  # types-PyYAML is optional
     except ImportError:
         raise ConfigError(f"config file {path!r}: reading YAML needs PyYAML, which is not "
                           f"installed (pip install PyYAML); or use .toml, .json or .py") from None

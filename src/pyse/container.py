@@ -98,9 +98,13 @@ def waited_for_by_python() -> set[int]:
     if not kinds:
         return set()
     wanted = tuple(kinds)
-    return {obj.pid for obj in gc.get_objects()
-            if isinstance(obj, wanted) and getattr(obj, "returncode", 0) is None
-            and isinstance(getattr(obj, "pid", None), int)}
+    pids: set[int] = set()
+    for obj in gc.get_objects():
+        if isinstance(obj, wanted) and getattr(obj, "returncode", 0) is None:
+            pid = getattr(obj, "pid", None)
+            if isinstance(pid, int):
+                pids.add(pid)
+    return pids
 
 
 def reap_orphans(logger: logging.Logger, zombies: Optional[Iterable[int]] = None) -> list[int]:

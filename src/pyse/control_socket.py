@@ -29,7 +29,7 @@ import stat
 import struct
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from pyse.line_channel import ChannelClosed, LineConnection, encode
 
@@ -44,7 +44,7 @@ REQUESTS = ("status",)
 SUN_PATH_MAX = 107
 
 #: (request, respond): answers now or later by calling respond(answer)
-Answer = Callable[[str, Callable[[dict], None]], None]
+Answer = Callable[[str, Callable[[dict[str, Any]], None]], None]
 
 
 def socket_path(pid_path: str) -> str:
@@ -235,7 +235,7 @@ class ControlSocketServer:
             return
         self.answer(client.request, lambda answer: self.respond(fd, client, answer))
 
-    def respond(self, fd: int, client: Client, answer: dict) -> None:
+    def respond(self, fd: int, client: Client, answer: dict[str, Any]) -> None:
         if self.clients.get(fd) is not client or client.answered:
             return  # dropped meanwhile (its deadline passed)
         client.answered = True
@@ -255,7 +255,7 @@ class ControlSocketServer:
 
 # -- the client side (pyse status) ---------------------------------------------------
 
-def query(path: str, request: str = "status", timeout: float = CLIENT_TIMEOUT) -> dict:
+def query(path: str, request: str = "status", timeout: float = CLIENT_TIMEOUT) -> dict[str, Any]:
     """Asks the daemon at control socket path; its answer, a dict.
     ControlSocketError says what failed (no socket, refused, no answer in
     time, a bad answer)."""

@@ -31,9 +31,10 @@ and exit with ``daemonize_error_exit_code``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 # Everything a daemon may need is imported with this module, while the
 # process is still privileged: after chuser the interpreter's own
@@ -69,7 +70,7 @@ SERVER_CLASSES: dict[str, type[Server]] = {
 }
 
 
-def server_base_class(worker_type: str) -> type:
+def server_base_class(worker_type: str) -> type[Server]:
     return SERVER_CLASSES[worker_type]
 
 
@@ -84,10 +85,17 @@ def create(server_module: Optional[type], worker_module: type,
 
 
 class Daemon:
+    """What :func:`create` returns: ``run()`` or ``main()`` starts the
+    daemon here; ``stop()``, ``restart()``, ``reload()``, ``detach()`` and
+    ``dump()`` signal a running one (this object's own run, else the live
+    daemon of ``pid_path``).  ``config`` is the validated configuration
+    (``dict[str, Any]``); ``pid`` the running daemon's pid (``int``, once
+    known) and ``server`` its :class:`pyse.Server` (in the daemon process)."""
+
     def __init__(self, server_module: Optional[type], worker_module: type,
                  config: Optional[ConfigSource] = None) -> None:
         self.config_source: ConfigSource = {} if config is None else config
-        self.config: dict = config_mod.load(self.config_source)
+        self.config: dict[str, Any] = config_mod.load(self.config_source)
         required = "spawn" if self.config["worker_type"] == "spawn" else "run"
         if not callable(getattr(worker_module, required, None)):
             raise TypeError(f"worker module {getattr(worker_module, '__name__', worker_module)!r} "
@@ -142,7 +150,7 @@ class Daemon:
     def serve_foreground(self, pid_file: Optional[pidfile.PidFile], error_code: int) -> int:
         if pid_file is not None:
             try:
-                pid_file.publish(self.pid)
+                pid_file.publish(os.getpid())  # the daemon is this process
             except (OSError, pidfile.PidFileError) as e:
                 pid_file.abandon()
                 report_startup_error(f"pid file {pid_file.path!r}: {e}")
@@ -153,8 +161,9 @@ class Daemon:
             report_startup_error(str(e))
             return error_code
 
-    def run(self) -> None:
-        """Runs the daemon and ends the process with its exit status."""
+    def run(self) -> NoReturn:
+        """Runs the daemon and ends the process with its exit status
+        (raises SystemExit)."""
         raise SystemExit(self.main())
 
     def reserve_pid_file(self) -> Optional[pidfile.PidFile]:
@@ -197,7 +206,7 @@ class Daemon:
             self.finish_pid_file(log_setup.logger)
             log_setup.close()
 
-    def serve_logged(self, log_setup: Any, ready: Optional[ReadyPipe]) -> int:
+    def serve_logged(self, log_setup: LogSetup, ready: Optional[ReadyPipe]) -> int:
         logger = log_setup.logger
         for _key, warning in unknown_key_warnings(self.config):
             logger.warning("%s", warning)
@@ -219,7 +228,7 @@ class Daemon:
             return self.run_reporting(self.server, ready)
         return self.server.main()
 
-    def build_top(self, log_setup: Any, ready: Optional[ReadyPipe],
+    def build_top(self, log_setup: LogSetup, ready: Optional[ReadyPipe],
                   private_fds: list[int]) -> Server:
         """The server, or its supervisor."""
         pid_path = self.config["pid_path"]
@@ -264,7 +273,7 @@ class Daemon:
         if manager is not None:
             manager.close()
 
-    def finish_pid_file(self, logger: Any) -> None:
+    def finish_pid_file(self, logger: Optional[logging.Logger]) -> None:
         """A clean exit of the daemon: the pid file goes."""
         pid_file, self._pid_file = self._pid_file, None
         if pid_file is None:
@@ -306,7 +315,7 @@ class Daemon:
             raise RuntimeError(str(e)) from None
 
 
-def drop_privileges(config: dict) -> None:
+def drop_privileges(config: dict[str, Any]) -> None:
     try:
         privilege.change_from_config(config)
     except privilege.PrivilegeError as e:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Iterable, NoReturn, Optional
 
 from pyse import pidfile
 from pyse.log_capture import flush_std_streams
 from pyse.signals import GRACEFUL_STOP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.daemon import Daemon
 
 
 class StartupError(RuntimeError):
@@ -61,7 +64,7 @@ def report_startup_error(message: str) -> None:
         pass  # no stderr to write to; the exit status still says it
 
 
-def launch(daemon: Any, pid_file: Optional[pidfile.PidFile], error_code: int) -> int:
+def launch(daemon: Daemon, pid_file: Optional[pidfile.PidFile], error_code: int) -> int:
     """The launcher's side of ``daemonize``: double fork, then wait until
     the daemon is up (0) or failed (error_code, reason on stderr)."""
     read_fd, write_fd = os.pipe()
@@ -92,8 +95,8 @@ def launch(daemon: Any, pid_file: Optional[pidfile.PidFile], error_code: int) ->
         pid_file.close()  # the daemon keeps the lock
     return 0
 
-def intermediate(daemon: Any, read_fd: int, write_fd: int, pid_file: Optional[pidfile.PidFile],
-                 error_code: int) -> None:
+def intermediate(daemon: Daemon, read_fd: int, write_fd: int, pid_file: Optional[pidfile.PidFile],
+                 error_code: int) -> NoReturn:
     """The first child: a new session, then the daemon; never returns."""
     code = error_code
     try:
@@ -105,8 +108,8 @@ def intermediate(daemon: Any, read_fd: int, write_fd: int, pid_file: Optional[pi
     finally:
         os._exit(code)
 
-def daemon_process(daemon: Any, write_fd: int, pid_file: Optional[pidfile.PidFile],
-                   error_code: int) -> None:
+def daemon_process(daemon: Daemon, write_fd: int, pid_file: Optional[pidfile.PidFile],
+                   error_code: int) -> NoReturn:
     """The daemon (the grandchild): serves, then exits; never returns."""
     code = error_code
     ready = ReadyPipe(write_fd)
@@ -129,7 +132,7 @@ def daemon_process(daemon: Any, write_fd: int, pid_file: Optional[pidfile.PidFil
         os._exit(code)
 
 
-def read_ready(reader: Any) -> tuple[int, str]:
+def read_ready(reader: Iterable[bytes]) -> tuple[int, str]:
     """(daemon pid, "ok" or the error message or "" at end of file)."""
     daemon_pid = 0
     for raw in reader:

@@ -53,7 +53,7 @@ class EmbeddedServer(InProcessServer):
         super().__init__(*args, **kwargs)
         self.restart_intensity = RestartIntensity.from_config(self.config)
 
-    def apply_config(self, config: dict) -> None:
+    def apply_config(self, config: dict[str, Any]) -> None:
         super().apply_config(config)
         self.restart_intensity.reconfigure(config)
 

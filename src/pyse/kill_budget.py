@@ -5,12 +5,12 @@ manager's SIGKILL, ends the tree.  docs/systemd.md shows the arithmetic.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pyse.process_manager import ORPHAN_KILL_GRACE
 
 
-def kill_budget(config: dict, prefix: str) -> Optional[float]:
+def kill_budget(config: dict[str, Any], prefix: str) -> Optional[float]:
     """Seconds from a graceful stop of one monitored child (prefix
     ``worker_`` or ``server_``) to the KILL that ends it at the latest, by
     the kill escalation of the validated configuration; None when it may
@@ -31,10 +31,10 @@ def kill_budget(config: dict, prefix: str) -> Optional[float]:
     while offset < timeout:
         k += 1
         offset = k * interval + increment * k * (k - 1) / 2
-    return graceful + offset
+    return float(graceful) + offset
 
 
-def stop_budget(config: dict) -> Optional[float]:
+def stop_budget(config: dict[str, Any]) -> Optional[float]:
     """Seconds a graceful stop of the whole tree takes at the latest, by
     pyse's own escalation; None when nothing bounds it.
 

@@ -14,7 +14,7 @@ import json
 import logging
 import socket
 import threading
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 #: the longest line a peer may send; a longer one ends the connection
 MAX_LINE = 64 * 1024
@@ -28,7 +28,7 @@ class ChannelClosed(Exception):
     the message says which."""
 
 
-def encode(message: dict) -> bytes:
+def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
@@ -99,7 +99,7 @@ class LineConnection:
         self.sock.close()
 
 
-def decode(line: bytes) -> dict:
+def decode(line: bytes) -> dict[str, Any]:
     """One line as a JSON object; ChannelClosed if it is not one."""
     try:
         message = json.loads(line)
@@ -119,7 +119,7 @@ class Channel:
     called after a send that could not write everything, so that a loop
     sleeping in another thread watches for writability again."""
 
-    def __init__(self, sock: socket.socket, on_message: Callable[[dict], None],
+    def __init__(self, sock: socket.socket, on_message: Callable[[dict[str, Any]], None],
                  on_closed: Callable[[str], None], logger: logging.Logger) -> None:
         self.connection = LineConnection(sock)
         self.on_message = on_message
@@ -128,7 +128,7 @@ class Channel:
         self.wake: Optional[Callable[[], None]] = None
         self.closed = False
 
-    def send(self, message: dict) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         if self.closed:
             return
         try:

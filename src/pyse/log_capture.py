@@ -122,6 +122,7 @@ class LineRecordStream(io.TextIOBase):
         return True
 
     @property
+    # read-only, over TextIOBase's settable attribute: the original stream's
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.original, "encoding", None) or "utf-8"
 

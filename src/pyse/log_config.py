@@ -102,12 +102,13 @@ def parse_dict_file(path: str, raw: bytes) -> Any:
             import tomllib
         except ImportError:   # Python 3.10
             try:
-                import tomli as tomllib  # type: ignore[no-redef,import-not-found]
+                # the same module under another name; mypy checks against 3.11's tomllib
+                import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
             except ImportError:
                 raise ImportError("TOML needs Python 3.11 or the tomli package") from None
         return tomllib.loads(raw.decode())
     try:
-        import yaml  # type: ignore[import-untyped]
+        import yaml  # type: ignore[import-untyped,unused-ignore]  # types-PyYAML is optional
     except ImportError:
         raise ImportError("YAML needs the PyYAML package") from None
     try:

@@ -50,6 +50,8 @@ def _trace(self: logging.Logger, msg: Any, *args: Any, **kwargs: Any) -> None:
 
 
 if not hasattr(logging.Logger, "trace"):
+    # ServerEngine's trace level as a method of every logger; logging's
+    # stubs do not know it (typed code calls logger.log(TRACE, ...))
     logging.Logger.trace = _trace  # type: ignore[attr-defined]
 
 
@@ -68,7 +70,7 @@ def private_logger(cls: type[logging.Logger], name: str) -> logging.Logger:
     knows, so this one gets a manager that knows it.  Without that, a user's
     ``self.logger.setLevel()`` would not apply to levels already asked about."""
     logger = cls(name)
-    manager = logging.Manager(logging.getLogger())
+    manager = logging.Manager(logging.root)
     manager.loggerDict[name] = logger
     logger.manager = manager
     return logger

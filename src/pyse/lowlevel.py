@@ -13,9 +13,12 @@ import enum
 import os
 import signal
 from dataclasses import dataclass, fields
-from typing import Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, NoReturn, Optional
 
 from pyse._core import ffi, lib
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse._core import KillConfigPointer, LoopPointer
 
 NS_PER_SECOND = 1_000_000_000
 #: the longest duration the core is given: 30 years; longer means "never"
@@ -88,7 +91,7 @@ class KillConfig:
     graceful_signal: int = int(signal.SIGTERM)
     immediate_signal: int = int(signal.SIGQUIT)
 
-    def to_c(self):
+    def to_c(self) -> KillConfigPointer:
         c = ffi.new("struct pyse_kill_config *")
         for f in fields(self):
             value = getattr(self, f.name)
@@ -96,7 +99,7 @@ class KillConfig:
         return c
 
 
-def _raise_oserror() -> None:
+def _raise_oserror() -> NoReturn:
     err = ffi.errno
     context = ffi.string(lib.pyse_error_context()).decode(errors="replace")
     raise OSError(err, f"{context}: {os.strerror(err)}")
@@ -190,7 +193,7 @@ class Loop:
         loop = lib.pyse_loop_new(int(reap_any))
         if loop == ffi.NULL:
             _raise_oserror()
-        self._loop = loop
+        self._loop: Optional[LoopPointer] = loop
         self._events = ffi.new("struct pyse_event[]", self.MAX_EVENTS)
         self._wakeup_pipe: Optional[tuple[int, int]] = None
         self._previous_wakeup_fd: Optional[int] = None
@@ -198,16 +201,24 @@ class Loop:
         #: a child's death is seen only at the next wake-up
         self.owns_signals = False
 
+    @property
+    def _live_loop(self) -> LoopPointer:
+        # close() and abandon_in_child() end the C loop; a call after them
+        # gets this error rather than cffi's TypeError about None.
+        if self._loop is None:
+            raise ValueError("the supervision loop is closed")
+        return self._loop
+
     # -- signals ---------------------------------------------------------
     def own_signals(self, signals: Iterable[int]) -> None:
         """Takes over these signals (and SIGCHLD) and unblocks them in the
         calling thread: they become SIGNAL events."""
         sigs = [int(s) for s in signals]
-        _check(lib.pyse_loop_own_signals(self._loop, ffi.new("int[]", sigs), len(sigs)))
+        _check(lib.pyse_loop_own_signals(self._live_loop, ffi.new("int[]", sigs), len(sigs)))
         self.owns_signals = True
 
     def release_signals(self) -> None:
-        _check(lib.pyse_loop_release_signals(self._loop))
+        _check(lib.pyse_loop_release_signals(self._live_loop))
         self.owns_signals = False
 
     def watch_python_signals(self) -> None:
@@ -218,19 +229,19 @@ class Loop:
         os.set_blocking(w, False)
         self._previous_wakeup_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self._wakeup_pipe = (r, w)
-        _check(lib.pyse_loop_set_wakeup_fd(self._loop, r))
+        _check(lib.pyse_loop_set_wakeup_fd(self._live_loop, r))
 
     def wake_on_readable(self, fd: int) -> None:
         """Makes fd this loop's wakeup fd (instead of watch_python_signals):
         when it turns readable, wait() drains it and returns a WAKEUP event.
         For a loop waited on by one thread that others must be able to wake."""
-        _check(lib.pyse_loop_set_wakeup_fd(self._loop, fd))
+        _check(lib.pyse_loop_set_wakeup_fd(self._live_loop, fd))
 
     # -- the parent ------------------------------------------------------
     def set_lifeline_fd(self, fd: int, orphan_kill_delay: float = 0.0) -> None:
         """Watches fd's hangup (PARENT_GONE); with orphan_kill_delay > 0 the
         hangup also arms a SIGKILL of this process that many seconds later."""
-        _check(lib.pyse_loop_set_lifeline_fd(self._loop, fd,
+        _check(lib.pyse_loop_set_lifeline_fd(self._live_loop, fd,
                                              max(0, seconds_to_ns(orphan_kill_delay))))
 
     def set_parent_heartbeat(self, fd: int, interval: float) -> None:
@@ -240,7 +251,7 @@ class Loop:
         due, so that the beat proves the caller runs; EPIPE is PARENT_GONE."""
         if fd >= 0:
             os.set_blocking(fd, False)
-        _check(lib.pyse_loop_set_parent_heartbeat(self._loop, fd, seconds_to_ns(interval)))
+        _check(lib.pyse_loop_set_parent_heartbeat(self._live_loop, fd, seconds_to_ns(interval)))
 
     # -- fds ---------------------------------------------------------------
     def watch_fd(self, fd: int, readable: bool = True, writable: bool = False) -> None:
@@ -248,10 +259,10 @@ class Loop:
         until the caller reads, writes, or stops watching it).  The fd stays
         the caller's; stop watching it before closing it."""
         events = (READABLE if readable else 0) | (WRITABLE if writable else 0)
-        _check(lib.pyse_loop_watch_fd(self._loop, fd, events))
+        _check(lib.pyse_loop_watch_fd(self._live_loop, fd, events))
 
     def unwatch_fd(self, fd: int) -> None:
-        _check(lib.pyse_loop_watch_fd(self._loop, fd, 0))
+        _check(lib.pyse_loop_watch_fd(self._live_loop, fd, 0))
 
     # -- children --------------------------------------------------------
     def add_child(self, pid: int, heartbeat_fd: int, config: KillConfig,
@@ -263,19 +274,19 @@ class Loop:
         only once the child has beaten (programs that may never)."""
         flags = ((lib.PYSE_CHILD_STAMPED_BEATS if stamped else 0)
                  | (lib.PYSE_CHILD_HEARTBEAT_OPTIONAL if heartbeat_optional else 0))
-        _check(lib.pyse_loop_add_child(self._loop, pid, heartbeat_fd, flags, config.to_c(),
+        _check(lib.pyse_loop_add_child(self._live_loop, pid, heartbeat_fd, flags, config.to_c(),
                                        _ns_or_now(now)))
 
     def set_child_config(self, pid: int, config: KillConfig) -> None:
-        _check(lib.pyse_loop_set_child_config(self._loop, pid, config.to_c()))
+        _check(lib.pyse_loop_set_child_config(self._live_loop, pid, config.to_c()))
 
     def stop_child(self, pid: int, immediate: bool, now: Optional[float] = None) -> None:
-        _check(lib.pyse_loop_stop_child(self._loop, pid, int(immediate), _ns_or_now(now)))
+        _check(lib.pyse_loop_stop_child(self._live_loop, pid, int(immediate), _ns_or_now(now)))
 
-    def monitor(self, pid: int) -> dict:
+    def monitor(self, pid: int) -> dict[str, Any]:
         """The child's escalation state, times in seconds (None: unset)."""
         m = ffi.new("struct pyse_monitor *")
-        _check(lib.pyse_loop_get_monitor(self._loop, pid, m))
+        _check(lib.pyse_loop_get_monitor(self._live_loop, pid, m))
 
         def seconds(t: int) -> Optional[float]:
             return None if t == NO_TIME else ns_to_seconds(t)
@@ -292,17 +303,17 @@ class Loop:
         last_heartbeat is fresh (a pyse child's stamps are otherwise read
         only at its heartbeat deadline).  What the read finds (a first beat,
         end of file) comes out of the next wait()."""
-        _check(lib.pyse_loop_refresh_child(self._loop, pid, _ns_or_now(now)))
+        _check(lib.pyse_loop_refresh_child(self._live_loop, pid, _ns_or_now(now)))
 
     def __len__(self) -> int:
-        return lib.pyse_loop_child_count(self._loop)
+        return lib.pyse_loop_child_count(self._live_loop)
 
     # -- waiting ---------------------------------------------------------
     def wait(self, deadline: Optional[float] = None) -> list[Event]:
         """Blocks (without the GIL) until events arrive or deadline passes
         (a TIMER event).  An empty list: a parent heartbeat is due."""
         d = NO_TIME if deadline is None else max(0, round(deadline * NS_PER_SECOND))
-        n = _check(lib.pyse_loop_wait(self._loop, d, self._events, self.MAX_EVENTS))
+        n = _check(lib.pyse_loop_wait(self._live_loop, d, self._events, self.MAX_EVENTS))
         evs = self._events
         return [Event(EventKind(evs[i].kind), evs[i].pid, evs[i].status, evs[i].err)
                 for i in range(n)]
@@ -329,16 +340,17 @@ class Loop:
             signal.set_wakeup_fd(-1)
             fds.extend(self._wakeup_pipe)
             self._wakeup_pipe = None
+        loop = self._live_loop
         try:
-            _check(lib.pyse_child_after_fork(self._loop, ffi.new("int[]", fds), len(fds)))
+            _check(lib.pyse_child_after_fork(loop, ffi.new("int[]", fds), len(fds)))
         finally:
-            lib.pyse_loop_free(self._loop)
+            lib.pyse_loop_free(loop)
             self._loop = None
 
     def __enter__(self) -> "Loop":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -145,7 +145,7 @@ class MultiWorkerServer(Server):
 
     @property
     def num_workers(self) -> int:
-        return self.config["workers"]
+        return int(self.config["workers"])
 
     # -- what subclasses provide ------------------------------------------
     def start_worker(self, slot: WorkerSlot, now: float) -> None:
@@ -185,7 +185,7 @@ class MultiWorkerServer(Server):
     def send_dump(self, slot: WorkerSlot) -> None:
         """Asks a worker for its dump; worker types without one do nothing."""
 
-    def apply_config(self, config: dict) -> None:
+    def apply_config(self, config: dict[str, Any]) -> None:
         self._timing = StartTiming.from_config(config)
         self.restart_intensity.reconfigure(config)
 
@@ -313,7 +313,7 @@ class MultiWorkerServer(Server):
         return sum(1 for s in self.slots if s.state in (
             SlotState.RUNNING, SlotState.STOPPING, SlotState.WAITING))
 
-    def worker_status(self) -> list[dict]:
+    def worker_status(self) -> list[dict[str, Any]]:
         """What each slot is doing, for logs, dumps and tools."""
         return [{"worker_id": s.worker_id, "state": s.state.value,
                  "failures": s.history.failures, "starts": s.history.starts,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 Id = Union[int, str, None]
 
@@ -47,13 +47,13 @@ def lookup_group(group: Union[int, str]) -> int:
         raise PrivilegeError(f"no group {group!r} on this system") from None
 
 
-def identity_from_config(config: dict, prefix: str = "") -> tuple[Id, Id, Optional[int]]:
+def identity_from_config(config: dict[str, Any], prefix: str = "") -> tuple[Id, Id, Optional[int]]:
     """(user, group, umask) from ``<prefix>chuser``, ``<prefix>chgroup`` and
     ``<prefix>chumask``; prefix is "" for the daemon, "worker_" for workers."""
     return config[prefix + "chuser"], config[prefix + "chgroup"], config[prefix + "chumask"]
 
 
-def change_from_config(config: dict, prefix: str = "") -> None:
+def change_from_config(config: dict[str, Any], prefix: str = "") -> None:
     """:func:`change` to the identity the config names, if any; the error
     names the configuration keys, so a user knows which one to fix."""
     user, group, umask = identity_from_config(config, prefix)

@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from pyse import lowlevel, privilege
 from pyse.child_messages import MessageChannels
@@ -48,7 +48,7 @@ _DEFAULT_BEFORE_EXEC = (IMMEDIATE_STOP, IMMEDIATE_RESTART, *(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)))
 
 
-def kill_config(config: dict, prefix: str) -> KillConfig:
+def kill_config(config: dict[str, Any], prefix: str) -> KillConfig:
     """The escalation timing of the children a validated configuration
     describes: ``<prefix>heartbeat_timeout`` and the ``<prefix>graceful_kill_*``
     and ``<prefix>immediate_kill_*`` keys (prefix "worker_" or "server_")."""
@@ -82,7 +82,7 @@ class ChildRole:
     reap_any: bool = False
     heartbeat_interval: Optional[float] = None
     orphan_kill_delay: Optional[float] = None
-    identity: Optional[tuple[dict, str]] = None
+    identity: Optional[tuple[dict[str, Any], str]] = None
     death_signal: int = int(signal.SIGTERM)
     messages: bool = False
 
@@ -172,7 +172,7 @@ class Child:
     kill_config: KillConfig
     started_at: float
     up: bool = False            # its first heartbeat arrived
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ProcessManager:

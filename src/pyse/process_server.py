@@ -26,7 +26,7 @@ class ProcessServer(MultiWorkerServer):
         self.manager = ProcessManager(self.logger)
         self._by_pid: dict[int, WorkerSlot] = {}
         #: (the configuration, its reload message for the workers)
-        self._reload_message: tuple[Optional[dict], bytes] = (None, b"")
+        self._reload_message: tuple[Optional[dict[str, Any]], bytes] = (None, b"")
 
     @property
     def private_fds(self) -> list[int]:
@@ -124,6 +124,6 @@ class ProcessServer(MultiWorkerServer):
         if slot.handle is not None:
             self.manager.send_signal(slot.handle, signo)
 
-    def apply_config(self, config: dict) -> None:
+    def apply_config(self, config: dict[str, Any]) -> None:
         super().apply_config(config)
         self.manager.set_kill_config(kill_config(config, "worker_"))

@@ -178,7 +178,7 @@ class ServerReporter(Reporter):
             return "restarting"
         return "running" if self.is_ready else "starting"
 
-    def server_part(self, now: float) -> dict:
+    def server_part(self, now: float) -> dict[str, Any]:
         """The server's own part of the status report."""
         rows = status.worker_rows(self.server, now)
         return {"server": status.server_entry(self.server, os.getpid(), self.state(), now,
@@ -238,7 +238,7 @@ class TopServerReporter(ServerReporter):
         if self.notifier is not None:
             self.notifier.status(counts.text())
 
-    def answer(self, request: str, respond: Callable[[dict], None]) -> None:
+    def answer(self, request: str, respond: Callable[[dict[str, Any]], None]) -> None:
         now = lowlevel.now()
         part = self.server_part(now)
         respond(status.report(None, part["server"], part["workers"],
@@ -270,7 +270,7 @@ class SupervisedServerReporter(ServerReporter):
     def announce_counts(self, counts: WorkerCounts) -> None:
         self.channel.send({"event": "counts", "counts": asdict(counts)})
 
-    def take_message(self, message: dict) -> None:
+    def take_message(self, message: dict[str, Any]) -> None:
         if message.get("request") == "status":
             self.channel.send({"reply": message.get("id"),
                                "status": self.server_part(lowlevel.now())})

@@ -19,7 +19,7 @@ Three rules decide, and all are ours to test with a fake clock:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 
 def start_spacing(delay: float, rand_ratio: float, r: float) -> float:
@@ -57,7 +57,7 @@ class StartTiming:
     backoff_reset: float
 
     @classmethod
-    def from_config(cls, config: dict) -> "StartTiming":
+    def from_config(cls, config: dict[str, Any]) -> "StartTiming":
         """From a validated configuration."""
         return cls(delay=config["start_worker_delay"],
                    rand_ratio=config["start_worker_delay_rand"],
@@ -121,10 +121,10 @@ class RestartIntensity:
         self.restarts: list[float] = []
 
     @classmethod
-    def from_config(cls, config: dict) -> "RestartIntensity":
+    def from_config(cls, config: dict[str, Any]) -> "RestartIntensity":
         return cls(config["restart_max_count"], config["restart_max_window"])
 
-    def reconfigure(self, config: dict) -> None:
+    def reconfigure(self, config: dict[str, Any]) -> None:
         self.max_count = config["restart_max_count"]
         self.window = config["restart_max_window"]
 

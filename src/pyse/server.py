@@ -6,6 +6,11 @@ User code may override ``reload_config()``, ``stop(stop_graceful)`` and
 ``initialize()``, ``before_run()``, ``after_run()`` and ``after_start()``.
 ``socket_manager`` is the tree's socket manager (``socket_manager: true``;
 see :mod:`pyse.socket_manager_tree`).
+
+A user's server class either subclasses :class:`Server` or is a plain
+class ("module") that pyse mixes into the worker type's server class; for
+the type checker such a class names :data:`ServerModule` as its base (see
+:mod:`pyse.worker`, which does the same for workers).
 """
 from __future__ import annotations
 
@@ -28,20 +33,27 @@ from pyse.socket_manager_tree import MISSING_MESSAGE, SocketManagerMissing, foll
 from pyse.worker import Worker
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pyse.logger import LogSetup
     from pyse.socket_manager import SocketManagerServer
 
 ConfigSource = Union[Mapping[str, Any], Callable[[], Mapping[str, Any]]]
 
 
 class Server:
-    """Base of every server; see the worker-type subclasses."""
+    """Base of every server; see the worker-type subclasses.
 
-    def __init__(self, worker_class: type, config_source: ConfigSource,
-                 config: dict, log_setup: Any, *,
+    What a server (and a worker, through ``self.server``) may use:
+    ``config`` (``dict[str, Any]``: the validated configuration, replaced
+    at each reload), ``logger`` (:class:`logging.Logger`),
+    ``socket_manager`` (:class:`pyse.socket_manager.SocketManagerServer`)
+    and ``stopping`` (``bool``)."""
+
+    def __init__(self, worker_class: type[Worker], config_source: ConfigSource,
+                 config: dict[str, Any], log_setup: LogSetup, *,
                  socket_manager: Optional["SocketManagerServer"] = None) -> None:
         self._worker_class = worker_class
         self._config_source = config_source
-        self.config: dict = config
+        self.config: dict[str, Any] = config
         self._log_setup = log_setup
         self.logger: logging.Logger = log_setup.logger
         self._stop = False
@@ -142,7 +154,7 @@ class Server:
         self.apply_config(new)
         follow_reload(self._socket_manager, new, self.logger)
 
-    def apply_config(self, config: dict) -> None:
+    def apply_config(self, config: dict[str, Any]) -> None:
         """Subclasses put reloaded keys into effect here."""
 
     # -- the rest ------------------------------------------------------------
@@ -165,7 +177,7 @@ class Server:
         The handlers run user code (``stop``, ``restart``, ``reload_config``
         overrides...): one that raises is logged and the server goes on,
         whatever its worker type."""
-        action = SERVER_ACTIONS.get(signo)  # type: ignore[call-overload]
+        action = SERVER_ACTIONS.get(signo)
         if action is None:
             self.logger.debug("Ignoring %s", signal_name(signo))
             return
@@ -234,7 +246,7 @@ class Server:
         if hasattr(setup, "after_fork_child"):
             setup.after_fork_child(threads_allowed=threads_allowed)
 
-    def apply_log_config(self, config: dict, worker_id: int) -> None:
+    def apply_log_config(self, config: dict[str, Any], worker_id: int) -> None:
         """In a worker process, at the server's reload: its ``log``,
         ``log_level`` and ``log_format``, then the log reopened."""
         setup = self._log_setup
@@ -293,6 +305,23 @@ class Server:
         self.logger.error("The first start of the workers failed (%s): stopping", reason)
         if failed is not None:
             failed(reason)
+
+
+if TYPE_CHECKING:
+    #: The base of a plain server class ("module") for the type checker:
+    #: there it is :class:`Server`.
+    ServerModule = Server
+else:
+    class ServerModule:
+        """The base of a plain server class ("module"): :class:`Server` to a
+        type checker, this empty class at run time, so that the class stays
+        plain and pyse mixes it into the server class of the configured
+        ``worker_type`` (ServerEngine's way)::
+
+            class MyServer(pyse.ServerModule):
+                def before_run(self) -> None:
+                    self.logger.info("port %d", self.config["port"])
+        """
 
 
 def log_uncaught(logger: logging.Logger, what: str) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+from types import FrameType
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 GRACEFUL_STOP = signal.SIGTERM
 IMMEDIATE_STOP = signal.SIGQUIT
@@ -17,7 +19,7 @@ RELOAD = signal.SIGUSR2
 DETACH = signal.SIGINT
 
 
-def dump_signal(environ: dict = os.environ) -> signal.Signals:  # type: ignore[type-arg]
+def dump_signal(environ: Mapping[str, str] = os.environ) -> signal.Signals:
     """The signal that asks for a sigdump: CONT, or the one named by
     SIGDUMP_SIGNAL (as Ruby's sigdump reads it: "TSTP", "SIGTSTP" or a
     number), unless that one already has another meaning here."""
@@ -36,8 +38,9 @@ def dump_signal(environ: dict = os.environ) -> signal.Signals:  # type: ignore[t
 
 DUMP = dump_signal()
 
-#: signal -> action of a server or supervisor
-SERVER_ACTIONS: dict[signal.Signals, str] = {
+#: signal -> action of a server or supervisor (keyed by int: a signal
+#: number looks its action up as it comes)
+SERVER_ACTIONS: dict[int, str] = {
     GRACEFUL_STOP: "graceful_stop",
     IMMEDIATE_STOP: "immediate_stop",
     GRACEFUL_RESTART: "graceful_restart",
@@ -49,7 +52,7 @@ SERVER_ACTIONS: dict[signal.Signals, str] = {
 
 #: signal -> action of a worker process.  IMMEDIATE_STOP and IMMEDIATE_RESTART
 #: are absent on purpose: their default action (death) is the point.
-WORKER_ACTIONS: dict[signal.Signals, str] = {
+WORKER_ACTIONS: dict[int, str] = {
     GRACEFUL_STOP: "stop",
     GRACEFUL_RESTART: "stop",
     DETACH: "stop",
@@ -92,14 +95,16 @@ def exit_code_of(status: int) -> int:
 # signals are recorded by a Python handler and sent again once it does.
 
 _held: list[int] = []
-_previous: dict[int, object] = {}
+#: what signal.signal() returns: None for a handler not installed from Python
+PreviousHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
+_previous: dict[int, PreviousHandler] = {}
 
 
-def _record_held(signo: int, _frame: object) -> None:
+def _record_held(signo: int, _frame: Optional[FrameType]) -> None:
     _held.append(signo)
 
 
-def hold_signals(signals: tuple) -> None:
+def hold_signals(signals: Iterable[int]) -> None:
     """Records these signals instead of acting on them, until
     :func:`replay_held_signals` (main thread only; elsewhere a no-op)."""
     try:
@@ -121,6 +126,8 @@ def replay_held_signals() -> None:
 def stop_holding_signals() -> None:
     """Gives the held signals back the dispositions they had."""
     for signo, previous in list(_previous.items()):
-        signal.signal(signo, previous)  # type: ignore[arg-type]
+        # None: a handler that Python did not install, which it cannot put
+        # back; the default action is the nearest
+        signal.signal(signo, signal.SIG_DFL if previous is None else previous)
     _previous.clear()
     del _held[:]

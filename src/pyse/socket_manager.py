@@ -28,8 +28,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 from pyse.socket_manager_activation import ActivatedSocket, adopt_activated_sockets
 from pyse.config import KEYS
-from pyse.socket_manager_address import (SocketAddress, address_of_socket, bind_listener,
-                                         inet_address, unix_address)
+from pyse.socket_manager_address import (SocketAddress, SocketKey, address_of_socket,
+                                         bind_listener, inet_address, unix_address)
 from pyse.socket_manager_broker import SocketBroker
 from pyse.socket_manager_client import (PATH_ENV, TOKEN_ENV, SocketManagerClient,
                                         SocketManagerError, local_managers, register_local,
@@ -74,7 +74,7 @@ class SocketManagerServer:
         # The owner's loop is single-threaded; the lock is for programs that
         # also ask from threads of their own (thread workers, tests).
         self._lock = threading.Lock()
-        self._sockets: dict[Tuple[Any, ...], socket.socket] = {}
+        self._sockets: dict[SocketKey, socket.socket] = {}
         self._unix_paths_bound: set[str] = set()
         # The broker first: if it cannot be made, nothing was adopted yet.
         self.broker: Optional[SocketBroker] = SocketBroker(
@@ -89,9 +89,18 @@ class SocketManagerServer:
         register_local(self)
 
     @classmethod
-    def open(cls, path: Optional[str] = None, **options: Any) -> "SocketManagerServer":
-        """ServerEngine's ``Server.open(path = nil)``."""
-        return cls(path, **options)
+    def open(cls, path: Optional[str] = None, *,
+             directory: Optional[str] = KEYS["socket_manager_dir"].default,
+             reuseport: bool = KEYS["socket_reuseport"].default,
+             backlog: int = KEYS["socket_backlog"].default,
+             client_timeout: float = KEYS["socket_manager_timeout"].default,
+             activation: bool = KEYS["socket_activation"].default,
+             activated: Optional[list[ActivatedSocket]] = None,
+             logger: Optional[logging.Logger] = None) -> "SocketManagerServer":
+        """ServerEngine's ``Server.open(path = nil)``: the constructor."""
+        return cls(path, directory=directory, reuseport=reuseport, backlog=backlog,
+                   client_timeout=client_timeout, activation=activation, activated=activated,
+                   logger=logger)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any],
@@ -145,7 +154,11 @@ class SocketManagerServer:
         with self._lock:
             sock = self._lookup(address, name)
             if sock is not None:
-                return sock, address_of_socket(sock) or address  # type: ignore[return-value]
+                found = address_of_socket(sock) or address
+                if found is None:   # a named socket that no longer has an address
+                    raise SocketManagerError(f"the socket named {name!r} is no longer a "
+                                             f"listening socket")
+                return sock, found
             if address is None:
                 raise SocketManagerError(f"no socket passed by the service manager is "
                                          f"named {name!r}")
@@ -187,7 +200,7 @@ class SocketManagerServer:
             if address.key not in self._sockets:
                 self._sockets[address.key] = sock.dup()
 
-    def sockets(self) -> dict[Tuple[Any, ...], socket.socket]:
+    def sockets(self) -> dict[SocketKey, socket.socket]:
         """key -> socket of every socket held (not dups: do not close them)."""
         with self._lock:
             return dict(self._sockets)

@@ -95,7 +95,7 @@ def _adopt_fd(fd: int, name: str, logger: logging.Logger) -> Optional[ActivatedS
     listening = address is not None and (
         address.kind == "udp"
         or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    if not listening:
+    if address is None or not listening:
         logger.warning("Socket activation: fd %d (%s) is not a listening TCP, UDP or "
                        "unix stream socket; leaving it alone", fd, name)
         sock.detach()   # the fd stays open, and not ours to close

@@ -18,13 +18,19 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 KINDS = ("tcp", "udp", "unix")
 #: sun_path holds 108 bytes with the terminating NUL
 UNIX_PATH_MAX = 107
 
 _SOCKET_TYPE = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "unix": socket.SOCK_STREAM}
+#: SO_TYPE (an int) -> the kind of an inet socket
+_INET_KIND: dict[int, str] = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
+
+
+#: a socket's key in a manager's table: (kind, host, port) or ("unix", path)
+SocketKey = Union[Tuple[str, str, int], Tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class SocketAddress:
     path: str = ""
 
     @property
-    def key(self) -> Tuple[Any, ...]:
+    def key(self) -> SocketKey:
         """The manager's table key: ``("tcp", host, port)``, ``("udp", host,
         port)`` or ``("unix", path)``."""
         if self.kind == "unix":
@@ -55,7 +61,7 @@ class SocketAddress:
     def socket_type(self) -> int:
         return _SOCKET_TYPE[self.kind]
 
-    def to_request(self) -> dict:
+    def to_request(self) -> dict[str, Any]:
         """The address fields of a broker request (see docs/sockets.md)."""
         if self.kind == "unix":
             return {"kind": "unix", "path": self.path}
@@ -108,7 +114,7 @@ def resolve_host(name: str, port: int, socket_type: int) -> str:
         infos = socket.getaddrinfo(name, port, 0, socket_type, 0, socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise OSError(e.errno, f"resolving the bind address {name!r}: {e.strerror}") from None
-    host = canonical_ip(infos[0][4][0])
+    host = canonical_ip(str(infos[0][4][0]))  # an inet address: (host, port, ...)
     assert host is not None, infos
     return host
 
@@ -131,7 +137,7 @@ def unix_address(path: Any, *, require_absolute: bool = False) -> SocketAddress:
     return SocketAddress("unix", path=path)
 
 
-def address_from_request(request: dict) -> SocketAddress:
+def address_from_request(request: dict[str, Any]) -> SocketAddress:
     """The address of a broker request, checked; raises ValueError."""
     kind = request.get("kind")
     if kind == "unix":
@@ -156,7 +162,7 @@ def address_of_socket(sock: socket.socket) -> Optional[SocketAddress]:
         return SocketAddress("unix", path=path)
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    kind = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}.get(sock_type)
+    kind = _INET_KIND.get(sock_type)
     if kind is None:
         return None
     return SocketAddress(kind, host=canonical_ip(name[0]) or name[0], port=name[1])
@@ -196,7 +202,7 @@ def bind_listener(address: SocketAddress, *, backlog: int,
     return sock
 
 
-def _sockaddr(address: SocketAddress) -> tuple:
+def _sockaddr(address: SocketAddress) -> tuple[Any, ...]:
     infos = socket.getaddrinfo(address.host, address.port, address.family, address.socket_type,
                                0, socket.AI_NUMERICHOST | socket.AI_PASSIVE)
     return infos[0][4]

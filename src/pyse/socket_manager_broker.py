@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 import tempfile
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from pyse.socket_manager_address import UNIX_PATH_MAX, SocketAddress, address_from_request
 
@@ -298,7 +298,7 @@ class SocketBroker:
                 raise OSError(e.errno, f"giving the socket manager's {path} to group {gid} "
                                        f"(mode {mode:o}): {e.strerror}") from None
 
-    def reply(self, client: BrokerClient, message: dict, fd: Optional[int] = None) -> None:
+    def reply(self, client: BrokerClient, message: dict[str, Any], fd: Optional[int] = None) -> None:
         client.state = ClientState.WRITING_REPLY
         client.outbox = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         client.fd_to_send = fd
@@ -345,7 +345,7 @@ class SocketBroker:
         self.close()
 
 
-def parse_request(request: dict) -> Tuple[Optional[SocketAddress], Optional[str]]:
+def parse_request(request: dict[str, Any]) -> Tuple[Optional[SocketAddress], Optional[str]]:
     """(address or None, name or None) of a request whose token was checked."""
     name = request.get("name")
     if name is not None and (not isinstance(name, str) or not name):

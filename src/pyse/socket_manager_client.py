@@ -15,9 +15,12 @@ import json
 import os
 import socket
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pyse.socket_manager_address import SocketAddress, inet_address, unix_address
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.socket_manager import SocketManagerServer
 
 PATH_ENV = "PYSE_SOCKET_MANAGER_PATH"
 TOKEN_ENV = "PYSE_SOCKET_MANAGER_TOKEN"
@@ -28,23 +31,23 @@ CONNECT_RETRY = 0.01
 DEFAULT_TIMEOUT = 5.0
 
 #: managers whose table this process holds (its own, or inherited by fork), by path
-_local_managers: dict[str, Any] = {}
+_local_managers: dict[str, SocketManagerServer] = {}
 
 
 class SocketManagerError(OSError):
     """The broker refused a request (bad request, wrong token, unknown name)."""
 
 
-def register_local(manager: Any) -> None:
+def register_local(manager: SocketManagerServer) -> None:
     _local_managers[manager.path] = manager
 
 
-def unregister_local(manager: Any) -> None:
+def unregister_local(manager: SocketManagerServer) -> None:
     if _local_managers.get(manager.path) is manager:
         del _local_managers[manager.path]
 
 
-def local_managers() -> list:
+def local_managers() -> list[SocketManagerServer]:
     return list(_local_managers.values())
 
 
@@ -117,7 +120,7 @@ def request_socket(path: str, token: str, address: Optional[SocketAddress],
                    name: Optional[str], timeout: float) -> socket.socket:
     """One round trip to the broker at path (see docs/sockets.md)."""
     deadline = time.monotonic() + timeout
-    request: dict = {"token": token}
+    request: dict[str, Any] = {"token": token}
     if address is not None:
         request.update(address.to_request())
     if name is not None:

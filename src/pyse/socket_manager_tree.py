@@ -47,11 +47,14 @@ import select
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from pyse import lowlevel, privilege
 from pyse.socket_manager import SocketManagerServer
 from pyse.socket_manager_client import local_managers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.server import Server
 
 
 class SocketManagerMissing(AttributeError):
@@ -62,7 +65,7 @@ MISSING_MESSAGE = ("server.socket_manager: no socket manager was opened; set the
                    "configuration key socket_manager to true")
 
 
-def open_tree_manager(config: dict, logger: logging.Logger) -> Optional[SocketManagerServer]:
+def open_tree_manager(config: dict[str, Any], logger: logging.Logger) -> Optional[SocketManagerServer]:
     """The manager of a daemon's tree, in the top process, or None when
     ``socket_manager`` is off.  Raises OSError (or PrivilegeError for a
     worker group that does not exist) naming what failed."""
@@ -86,7 +89,7 @@ def open_tree_manager(config: dict, logger: logging.Logger) -> Optional[SocketMa
     return manager
 
 
-def worker_group(config: dict) -> Optional[int]:
+def worker_group(config: dict[str, Any]) -> Optional[int]:
     """The gid worker processes run as, when ``worker_chuser`` or
     ``worker_chgroup`` changes it; None otherwise."""
     user, group, _ = privilege.identity_from_config(config, "worker_")
@@ -102,7 +105,7 @@ def open_to_group(manager: SocketManagerServer, gid: int) -> None:
     manager.broker.open_to_group(gid)
 
 
-def follow_reload(manager: Optional[SocketManagerServer], config: dict,
+def follow_reload(manager: Optional[SocketManagerServer], config: dict[str, Any],
                   logger: logging.Logger) -> None:
     """After a reload, in the owner: the broker follows a new
     ``worker_chuser``/``worker_chgroup`` (logged, never raised: a reload
@@ -117,11 +120,14 @@ def follow_reload(manager: Optional[SocketManagerServer], config: dict,
         logger.error("Socket manager: could not open the broker to the workers' group: %s", e)
 
 
-def spawn_environment(server: Any) -> dict[str, str]:
+def spawn_environment(server: Server) -> dict[str, str]:
     """The variables that let a program a spawn worker starts reach the
     server's socket manager (none when it has none)."""
-    manager = getattr(server, "socket_manager", None)
-    return manager.environment() if manager is not None else {}
+    try:
+        manager = server.socket_manager
+    except AttributeError:   # SocketManagerMissing: it has none
+        return {}
+    return manager.environment()
 
 
 class OwnedBrokers:

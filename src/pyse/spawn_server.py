@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import select
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 from pyse import lowlevel
 from pyse.lowlevel import Event, EventKind
@@ -60,14 +60,16 @@ class CommandLauncher:
         #: whether its exec is known to have worked
         self.exec_ok = False
 
-    def spawn(self, env: Optional[Mapping[str, str]], *cmd: str) -> int:
+    def spawn(self, env: Union[Mapping[str, Optional[str]], str, None],
+              *cmd: Union[str, os.PathLike[str]]) -> int:
         """Runs cmd with env added to the server's environment (a None value
         removes the variable, as in Ruby); returns its pid.  A single string
         with spaces runs through ``/bin/sh -c``, so a command line written
         for Ruby's ``Process.spawn`` works unchanged; a first argument that
         is a string is the command itself (no env)."""
         if isinstance(env, str):
-            env, cmd = None, (env, *cmd)
+            cmd = (env, *cmd)
+            env = None
         argv = [os.fspath(a) for a in cmd]
         if not argv:
             raise ValueError("process_manager.spawn() needs a command")
@@ -109,7 +111,7 @@ class SpawnServer(ProcessServer):
             # A program may never beat: it is up once it runs.
             self.worker_up(slot)
 
-    def spawn_command(self, worker_id: int, argv: list[str], env: dict) -> tuple[int, bool]:
+    def spawn_command(self, worker_id: int, argv: list[str], env: dict[str, str]) -> tuple[int, bool]:
         """Forks and execs argv; returns its pid and whether the exec is known
         to have worked.  An exec failure is logged here; the child then exits
         with 127."""
@@ -164,7 +166,7 @@ def read_until_exec(fd: int, timeout: float) -> Optional[bytes]:
     deadline = lowlevel.now() + timeout
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         remaining = deadline - lowlevel.now()
         if remaining <= 0 or not poller.poll(remaining * 1000):
@@ -175,7 +177,7 @@ def read_until_exec(fd: int, timeout: float) -> Optional[bytes]:
         chunks.append(chunk)
 
 
-def exec_command(argv: list[str], env: dict, link: ParentLink, error_fd: int) -> int:
+def exec_command(argv: list[str], env: dict[str, str], link: ParentLink, error_fd: int) -> int:
     """In the forked, set-up child: offer the heartbeat fd, exec.  Returns
     (to exit with) only if the exec failed, after writing why to error_fd."""
     if link.gone_at is not None:

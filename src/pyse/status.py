@@ -16,7 +16,10 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.multi_worker_server import WorkerSlot
 
 #: the version of the report's shape; a new field does not change it, a
 #: changed or removed one does
@@ -52,7 +55,7 @@ class WorkerCounts:
 
 # -- the workers of one server ---------------------------------------------------------
 
-def worker_rows(server: Any, now: float) -> list[dict]:
+def worker_rows(server: Any, now: float) -> list[dict[str, Any]]:
     """One entry per worker slot of server."""
     if hasattr(server, "slots"):
         return [slot_row(server, slot, now) for slot in list(server.slots)]
@@ -61,7 +64,7 @@ def worker_rows(server: Any, now: float) -> list[dict]:
     return []
 
 
-def slot_row(server: Any, slot: Any, now: float) -> dict:
+def slot_row(server: Any, slot: WorkerSlot, now: float) -> dict[str, Any]:
     state = state_of(server, slot)
     handle = slot.handle
     pid: Optional[int] = handle if isinstance(handle, int) else None
@@ -90,7 +93,7 @@ def embedded_state(server: Any) -> str:
     return "idle" if server.stopping else "waiting"
 
 
-def embedded_row(server: Any, now: float) -> dict:
+def embedded_row(server: Any, now: float) -> dict[str, Any]:
     history = server.history
     state = embedded_state(server)
     return {
@@ -126,7 +129,7 @@ def count_workers(server: Any) -> WorkerCounts:
                         waiting=states.count("waiting"), failed=states.count("failed"))
 
 
-def state_of(server: Any, slot: Any) -> str:
+def state_of(server: Any, slot: WorkerSlot) -> str:
     """A slot's state as status shows it: a process worker that has not
     beaten yet is starting."""
     state = slot.state.value
@@ -142,7 +145,7 @@ def age(then: Optional[float], now: float) -> Optional[float]:
 
 
 def exit_entry(last_exit: Optional[tuple[str, Optional[int], float]],
-               now: float) -> Optional[dict]:
+               now: float) -> Optional[dict[str, Any]]:
     """A last exit, as the report shows it."""
     if last_exit is None:
         return None
@@ -153,7 +156,7 @@ def exit_entry(last_exit: Optional[tuple[str, Optional[int], float]],
 
 
 def server_entry(server: Any, pid: int, state: str, now: float,
-                 started_at: Optional[float]) -> dict:
+                 started_at: Optional[float]) -> dict[str, Any]:
     """The server's own line of the report (the supervisor adds what it
     knows: restarts, heartbeat, last exit)."""
     return {"pid": pid, "state": state, "uptime": age(started_at, now),
@@ -161,9 +164,9 @@ def server_entry(server: Any, pid: int, state: str, now: float,
             "restarts": None, "heartbeat_age": None, "last_exit": None}
 
 
-def report(supervisor: Optional[dict], server: Optional[dict], workers: list[dict],
-           counts: Optional[WorkerCounts], detached_servers: Optional[list[dict]] = None,
-           note: Optional[str] = None) -> dict:
+def report(supervisor: Optional[dict[str, Any]], server: Optional[dict[str, Any]], workers: list[dict[str, Any]],
+           counts: Optional[WorkerCounts], detached_servers: Optional[list[dict[str, Any]]] = None,
+           note: Optional[str] = None) -> dict[str, Any]:
     """The whole report, as the control socket answers it (docs/cli.md)."""
     return {"version": REPORT_VERSION, "time": round(time.time(), 3),
             "supervisor": supervisor, "server": server,
@@ -192,7 +195,7 @@ def duration(seconds: Optional[float]) -> str:
     return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
-def table_row(role: str, entry: dict) -> tuple[str, ...]:
+def table_row(role: str, entry: dict[str, Any]) -> tuple[str, ...]:
     last = entry.get("last_exit")
     heartbeat = entry.get("heartbeat_age")
     restarts = entry.get("restarts")
@@ -208,10 +211,10 @@ def table_row(role: str, entry: dict) -> tuple[str, ...]:
             "-" if last is None else f"{last['description']}, {duration(last['ago'])} ago")
 
 
-def format_table(answer: dict) -> str:
+def format_table(answer: dict[str, Any]) -> str:
     """The report as ``pyse status`` prints it: one row per process (and
     per thread worker), then the worker counts."""
-    rows = [COLUMNS]
+    rows: list[tuple[str, ...]] = [COLUMNS]
     if answer.get("supervisor"):
         rows.append(table_row("supervisor", answer["supervisor"]))
     if answer.get("server"):

@@ -27,19 +27,25 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pyse import lowlevel, process_title
 from pyse.lowlevel import Event, EventKind
 from pyse.multi_worker_server import EXIT_START_FAILED
 from pyse.process_manager import ChildRole, ParentLink, ProcessManager, kill_config
 from pyse.reporter import ServingLoop
-from pyse.server import Server
+from pyse.server import ConfigSource, Server
 from pyse.socket_manager_tree import OwnedBrokers
 from pyse.state_table import next_state
 from pyse.supervisor_reporter import SupervisorReporter
 from pyse.signals import (DUMP, GRACEFUL_RESTART, IMMEDIATE_RESTART, RELOAD, SERVER_SIGNALS,
                           describe_wait_status, exit_code_of)
+from pyse.worker import Worker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyse.daemonize import ReadyPipe
+    from pyse.logger import LogSetup
+    from pyse.socket_manager import SocketManagerServer
 
 EXIT_SERVER_FAILED = 1
 
@@ -81,9 +87,10 @@ class Supervisor(Server):
     """The supervisor process.  A :class:`pyse.Server` so that it shares the
     configuration reload, the log and the signal dispatch of servers."""
 
-    def __init__(self, server_class: type, worker_class: type, config_source: Any,
-                 config: dict, log_setup: Any, *, ready: Any = None,
-                 private_fds: Optional[list[int]] = None, socket_manager: Any = None) -> None:
+    def __init__(self, server_class: type[Server], worker_class: type[Worker],
+                 config_source: ConfigSource, config: dict[str, Any], log_setup: LogSetup, *,
+                 ready: Optional[ReadyPipe] = None, private_fds: Optional[list[int]] = None,
+                 socket_manager: Optional[SocketManagerServer] = None) -> None:
         self.server_class = server_class
         self.state = SupervisorState.STARTING
         #: the server the supervisor keeps alive (None while STARTING)
@@ -146,7 +153,7 @@ class Supervisor(Server):
     def next_start(self, now: float) -> float:
         if self.last_start is None:
             return now
-        return self.last_start + self.config["server_restart_wait"]
+        return self.last_start + float(self.config["server_restart_wait"])
 
     def dispatch_event(self, event: Event) -> None:
         kind = event.kind
@@ -316,13 +323,13 @@ class Supervisor(Server):
             return
         self.detach()
 
-    def apply_config(self, config: dict) -> None:
+    def apply_config(self, config: dict[str, Any]) -> None:
         super().apply_config(config)
         self.manager.set_kill_config(kill_config(config, "server_"))
 
 
 # -- the server process: between its set-up and os._exit() ---------------------------
-def server_role(config: dict) -> ChildRole:
+def server_role(config: dict[str, Any]) -> ChildRole:
     """How a server process is set up after fork: its loop takes the
     server's signals and beats to us; a process or spawn server reaps its
     workers with it."""
@@ -331,7 +338,7 @@ def server_role(config: dict) -> ChildRole:
                      heartbeat_interval=config["server_heartbeat_interval"])
 
 
-def server_process(server: Server, link: ParentLink, ready: Any) -> int:
+def server_process(server: Server, link: ParentLink, ready: Optional[ReadyPipe]) -> int:
     """Runs a forked server under its supervisor; returns the exit status."""
     config = server.config
     try:

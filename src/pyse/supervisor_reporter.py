@@ -46,10 +46,10 @@ SERVER_REPLY_TIMEOUT = 2.0
 class PendingRequest:
     """A control socket client waiting for the server's part."""
 
-    respond: Callable[[dict], None]
+    respond: Callable[[dict[str, Any]], None]
     deadline: float
     server_pid: int
-    base: dict          # the report as the supervisor alone knows it
+    base: dict[str, Any]          # the report as the supervisor alone knows it
 
 
 class SupervisorReporter(Reporter, Timer):
@@ -155,7 +155,7 @@ class SupervisorReporter(Reporter, Timer):
                 request.respond(dict(request.base, note=f"the server (pid {pid}) is gone: "
                                                         f"{reason}"))
 
-    def server_message(self, pid: int, message: dict) -> None:
+    def server_message(self, pid: int, message: dict[str, Any]) -> None:
         if "reply" in message:
             self.server_replied(message)
             return
@@ -194,7 +194,7 @@ class SupervisorReporter(Reporter, Timer):
             self.notifier.status(self.status_text())
 
     # -- status requests -----------------------------------------------------------------
-    def answer(self, request: str, respond: Callable[[dict], None]) -> None:
+    def answer(self, request: str, respond: Callable[[dict[str, Any]], None]) -> None:
         now = lowlevel.now()
         base = self.supervisor_report(now)
         current = self.supervisor.current
@@ -208,8 +208,9 @@ class SupervisorReporter(Reporter, Timer):
             respond, now + SERVER_REPLY_TIMEOUT, current.pid, base)
         channel.send({"request": "status", "id": self._next_request})
 
-    def server_replied(self, message: dict) -> None:
-        request = self.requests.pop(message.get("reply"), None)  # type: ignore[arg-type]
+    def server_replied(self, message: dict[str, Any]) -> None:
+        reply = message.get("reply")
+        request = self.requests.pop(reply, None) if isinstance(reply, int) else None
         part = message.get("status")
         if request is None or not isinstance(part, dict):
             return
@@ -223,7 +224,7 @@ class SupervisorReporter(Reporter, Timer):
                       counts=part.get("counts"))
         request.respond(report)
 
-    def supervisor_report(self, now: float) -> dict:
+    def supervisor_report(self, now: float) -> dict[str, Any]:
         sup = self.supervisor
         supervisor = {"pid": os.getpid(), "state": sup.state.value,
                       "uptime": status.age(self.started_at, now), "restarts": None,

@@ -69,7 +69,8 @@ class ThreadServer(InProcessServer, MultiWorkerServer):
             self.logger.exception("Worker %d: after_start() raised", slot.worker_id)
 
     def run_in_thread(self, slot: WorkerSlot, worker: Worker) -> None:
-        description, code = "status 1", 1
+        description: str = "status 1"
+        code: Optional[int] = 1
         try:
             description, code = run_worker(worker, self.logger)
         finally:

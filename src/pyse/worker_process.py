@@ -16,6 +16,7 @@ Two threads, three at most:
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import queue
@@ -34,7 +35,7 @@ EXIT_RUN_RAISED = 1
 EXIT_ORPHANED = 1
 
 
-def worker_role(config: dict) -> ChildRole:
+def worker_role(config: dict[str, Any]) -> ChildRole:
     """How a worker process is set up after fork (see setup_child)."""
     return ChildRole(signals=WORKER_SIGNALS,
                      heartbeat_interval=config["worker_heartbeat_interval"],
@@ -67,13 +68,13 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def encode_reload(config: dict) -> bytes:
+def encode_reload(config: dict[str, Any]) -> bytes:
     """The reload message for a worker: the configuration, objects left out."""
     sent = {key: value if _plain(value) else Inherited for key, value in config.items()}
     return pickle.dumps({"reload": sent}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def received_config(message: dict, current: dict) -> dict:
+def received_config(message: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """The worker's new configuration from a reload message."""
     return {key: current.get(key) if value is Inherited else value
             for key, value in message["reload"].items()}
@@ -181,7 +182,7 @@ class WorkerProcess:
         self.run_hook(self.worker.stop)
 
     def on_signal(self, signo: int) -> None:
-        action = WORKER_ACTIONS.get(signo)  # type: ignore[call-overload]
+        action = WORKER_ACTIONS.get(signo)
         if action is None:
             return
         if action == "stop" and os.getppid() != self.link.parent_pid:
@@ -212,14 +213,14 @@ class WorkerProcess:
     def read_messages(self) -> None:
         assert self.messages is not None
         for payload in self.messages.read_messages():
-            message = pickle.loads(payload)
+            message: dict[str, Any] = pickle.loads(payload)
             if "reload" in message:
-                self.run_hook(lambda m=message: self.reload_with(m))
+                self.run_hook(functools.partial(self.reload_with, message))
         if self.messages.closed:
             # The server is gone; the lifeline says so too.
             self.loop.unwatch_fd(self.messages.fd)
 
-    def reload_with(self, message: dict) -> None:
+    def reload_with(self, message: dict[str, Any]) -> None:
         """The server's reload: its new configuration in place (self.config
         of the worker), the log settings applied, then reload()."""
         server = self.worker.server
