@@ -34,7 +34,7 @@ from pyse.lowlevel import EventKind
 from pyse.process_manager import ParentLink
 from pyse.reporter import ServingLoop
 from pyse.server import Server
-from pyse.signals import SERVER_SIGNALS, replay_held_signals, signal_name
+from pyse.signals import SERVER_SIGNALS, dumps_last, replay_held_signals, signal_name
 from pyse.socket_manager_tree import BrokerThread, start_broker_thread
 from pyse.watching import Watcher, WatcherSet
 from pyse.worker import Worker
@@ -157,7 +157,7 @@ class ControlThread:
             while not self._closing:
                 self.watchers.sync(self._loop)
                 ready = []
-                for event in self._loop.wait(self.watchers.earliest(None)):
+                for event in dumps_last(self._loop.wait(self.watchers.earliest(None))):
                     if event.kind is EventKind.SIGNAL:
                         self._post(SignalReceived(event.status))
                     elif event.kind is EventKind.PARENT_GONE and not self._parent_gone:

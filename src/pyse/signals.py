@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 import signal
 from types import FrameType
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar, Union
+
+from pyse.lowlevel import Event, EventKind
+
+_E = TypeVar("_E", bound=Event)
 
 GRACEFUL_STOP = signal.SIGTERM
 IMMEDIATE_STOP = signal.SIGQUIT
@@ -131,3 +135,12 @@ def stop_holding_signals() -> None:
         signal.signal(signo, signal.SIG_DFL if previous is None else previous)
     _previous.clear()
     del _held[:]
+
+
+def dumps_last(events: list[_E]) -> list[_E]:
+    """A batch of loop events with the dump requests after everything else.
+    In a process with several threads, TERM and CONT sent one after the
+    other may be taken by two threads on two CPUs at once, their bytes
+    reaching the self-pipe in either order; systemd sends exactly that pair
+    to stop a service, and a dump must see the stop first."""
+    return sorted(events, key=lambda e: e.kind is EventKind.SIGNAL and e.status == DUMP)

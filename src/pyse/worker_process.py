@@ -29,7 +29,7 @@ from pyse.child_messages import MessageReader
 from pyse.config import format_process_name
 from pyse.lowlevel import EventKind
 from pyse.process_manager import ORPHAN_KILL_GRACE, ChildRole, ParentLink
-from pyse.signals import WORKER_ACTIONS, WORKER_SIGNALS, signal_name
+from pyse.signals import WORKER_ACTIONS, WORKER_SIGNALS, dumps_last, signal_name
 
 EXIT_RUN_RAISED = 1
 EXIT_ORPHANED = 1
@@ -149,7 +149,7 @@ class WorkerProcess:
             while True:
                 gone_at = self.link.gone_at
                 deadline = None if gone_at is None else gone_at + self.orphan_timeout
-                for event in self.loop.wait(deadline):
+                for event in dumps_last(self.loop.wait(deadline)):
                     if event.kind is EventKind.SIGNAL:
                         self.on_signal(event.status)
                     elif event.kind is EventKind.PARENT_GONE:
@@ -200,9 +200,13 @@ class WorkerProcess:
         self.run_hook(self.reload)
 
     def handle_dump(self) -> None:
-        if self.stopping or self.link.gone_at is not None:
-            return  # a CONT right after the TERM of systemd or timeout(1)
-        self.run_hook(self.worker.dump)
+        self.run_hook(self.dump_unless_stopping)
+
+    def dump_unless_stopping(self) -> None:
+        """Checked when the hook runs, not when CONT came: systemd and
+        timeout(1) send CONT right after their TERM."""
+        if not self.stopping and self.link.gone_at is None:
+            self.worker.dump()
 
     def reload(self) -> None:
         """USR2 sent to this worker itself: the log reopened, reload()."""
